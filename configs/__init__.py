@@ -1,0 +1,1 @@
+"""Experiment configs: one `get_config()` file per setting (ml_collections)."""

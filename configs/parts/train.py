@@ -1,0 +1,18 @@
+"""`config.train` and top-level training fields (SPEC sections 5-6)."""
+
+import ml_collections
+
+
+def get() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      learning_rate=1e-4,
+      weight_decay=0.05,
+      warmup_steps=10,
+      decay_steps=(112000,),
+      decay_factor=0.1,
+      clip_grad_norm=0.01,
+  ))
+
+
+def tiny(config: ml_collections.ConfigDict) -> None:
+  del config

@@ -1,0 +1,7 @@
+"""The tiny config used by the unit tests: every section shrunk (configs/parts/*.tiny)."""
+
+from configs import base
+
+
+def get_config():
+  return base.make_tiny(base.get_base_config())

@@ -1,0 +1,1 @@
+"""Flax modules: backbone, pixel decoder, transformer decoder (the segmenter) and the trackers."""
