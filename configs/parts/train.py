@@ -11,6 +11,9 @@ def get() -> ml_collections.ConfigDict:
       decay_steps=(112000,),
       decay_factor=0.1,
       clip_grad_norm=0.01,
+      warmup_factor=1.0,          # detectron2 WARMUP_FACTOR (1.0 in the reference = no warm-up ramp).
+      backbone_lr_multiplier=0.1, # only matters when the segmenter trains.
+      task="tracker",             # tracker (segmenter frozen) | segmenter.
   ))
 
 

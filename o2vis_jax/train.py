@@ -1,0 +1,297 @@
+"""The training loop: data-parallel over every device and host, exact resume, metrics, NaN guard.
+
+One program for one CPU, 8 GPUs or a TPU pod slice (SPEC 5):
+- a 1-D `data` mesh over `jax.devices()` (all hosts); the global batch is sharded along it;
+- the per-device loss runs inside `jax.shard_map` (it may call host matchers through `pure_callback`,
+  which a globally sharded `jit` cannot do on several processes); gradients and metrics are `pmean`-ed;
+- each example gets its own PRNG key, derived from (seed, step, global example index), so the loss of a
+  global batch does not depend on how many devices share it;
+- an orbax `CheckpointManager` keeps params, optimiser state, step, RNG and the grain iterator state,
+  every `config.checkpoint_every_steps`, at the end, and when the process receives SIGTERM; a restart
+  resumes from the latest checkpoint and continues exactly;
+- metrics go to `WORKDIR/metrics.jsonl` (one JSON object per logged step) and TensorBoard;
+- a non-finite loss stops training with an error naming the step, without saving that state.
+
+What is trained is a `Task` (see `o2vis_jax/tasks.py`): it owns the model, the loss and the data.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from o2vis_jax import optimizer as optimizer_lib
+
+DATA_AXIS = "data"
+
+
+class Task(Protocol):
+  """What the trainer needs from a model + loss + data."""
+
+  def init_params(self, rng: jax.Array) -> Tuple[Any, Any]:
+    """Returns (trainable_params, frozen_params)."""
+
+  def loss(self, trainable: Any, frozen: Any, batch: Dict[str, jax.Array], rngs: jax.Array,
+           step: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """Mean loss over the local examples of `batch` (one device's shard) and scalar metrics.
+
+    Runs inside `shard_map` over the `data` axis; `rngs` has one key per local example. A loss
+    that needs global normalisers (e.g. the number of GT masks over all devices) may `psum` over
+    DATA_AXIS.
+    """
+
+  def train_iterator(self, seed: int) -> Any:
+    """A grain iterator (with get_state / set_state) of this process's local batches (numpy)."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32 PRNG key data.
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D `data` mesh over `devices` (default: every device of every process)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+
+
+def make_train_step(task: Task, tx: optax.GradientTransformation, mesh: Mesh,
+                    global_batch_size: int, schedule: Optional[optax.Schedule] = None) -> Callable:
+  """jit(state, frozen, batch) -> (state, metrics): loss and grads in shard_map, update replicated."""
+
+  def per_device(params, frozen, batch, rngs, step):
+    def loss_fn(p):
+      return task.loss(p, frozen, batch, rngs, step)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grads = jax.lax.pmean(grads, DATA_AXIS)
+    metrics = dict(metrics, loss=loss)
+    metrics = jax.lax.pmean(metrics, DATA_AXIS)
+    return grads, metrics
+
+  sharded = jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+      out_specs=(P(), P()), check_vma=False)
+
+  @jax.jit
+  def train_step(state: TrainState, frozen, batch):
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rngs = jax.random.key_data(jax.random.split(step_key, global_batch_size))
+    grads, metrics = sharded(state.params, frozen, batch, rngs, state.step)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    if schedule is not None:
+      metrics["learning_rate"] = schedule(state.step)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def _global_batch(local_batch: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+class _SigtermFlag:
+  """Set by SIGTERM; the loop then checkpoints and returns (pre-emption on clusters)."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, training still works.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: checkpointing and stopping.")
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class _MetricWriter:
+  """metrics.jsonl (appended, so a resumed run continues the file) + TensorBoard, process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:
+        logging.warning("tensorboardX is not installed: metrics go to metrics.jsonl only.")
+
+  def write(self, step: int, metrics: Dict[str, float]):
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=int(config.get("max_checkpoints_to_keep", 3)),
+                                         create=True, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def _data_state_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, "data_state", str(step), f"process_{jax.process_index()}.json")
+
+
+def _save(manager: ocp.CheckpointManager, workdir: str, state: TrainState, data_iterator) -> None:
+  """Data-iterator state first (one file per process), then the orbax checkpoint that makes the
+  step visible: a kill in between leaves no checkpoint without its data state."""
+  step = int(jax.device_get(state.step))
+  data_path = _data_state_path(workdir, step)
+  os.makedirs(os.path.dirname(data_path), exist_ok=True)
+  data_state = data_iterator.get_state()
+  if isinstance(data_state, bytes):
+    data_state = {"bytes": data_state.decode()}
+  with open(data_path + ".tmp", "w") as f:
+    json.dump(data_state, f)
+  os.replace(data_path + ".tmp", data_path)
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+  manager.wait_until_finished()
+
+
+def _restore(manager: ocp.CheckpointManager, workdir: str, state: TrainState, data_iterator) -> TrainState:
+  step = manager.latest_step()
+  data_path = _data_state_path(workdir, step)
+  try:
+    with open(data_path) as f:
+      data_state = json.load(f)
+  except (OSError, ValueError) as e:
+    raise RuntimeError(f"checkpoint step {step} in {manager.directory} has no readable data-iterator "
+                       f"state {data_path}: {e}") from e
+  if set(data_state) == {"bytes"}:
+    data_state = data_state["bytes"].encode()
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  except Exception as e:  # orbax raises several types for a damaged or mismatched checkpoint.
+    raise RuntimeError(f"could not restore checkpoint step {step} from {manager.directory}: {e}") from e
+  data_iterator.set_state(data_state)
+  logging.info("Resumed from step %d.", step)
+  return restored.state
+
+
+def initial_state(task: Task, config: ml_collections.ConfigDict
+                  ) -> Tuple[TrainState, Any, optax.GradientTransformation]:
+  """(state at step 0, frozen params, optimiser) from `config.seed`."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  trainable, frozen = task.init_params(init_rng)
+  tx = optimizer_lib.create_optimizer(config.train, trainable)
+  state = TrainState(step=jnp.asarray(0, jnp.int32), params=trainable, opt_state=tx.init(trainable),
+                     rng=train_rng)
+  return state, frozen, tx
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Task,
+                       progress: bool = True) -> TrainState:
+  """Trains `task` to `config.num_train_steps`, resuming from `workdir` if it holds a checkpoint."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = make_mesh()
+  num_devices = mesh.devices.size
+  if config.batch_size % num_devices:
+    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of devices "
+                     f"({num_devices}) so that every device gets the same number of clips.")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of processes "
+                     f"({jax.process_count()}).")
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  state, frozen, tx = initial_state(task, config)
+  replicated = NamedSharding(mesh, P())
+  frozen = jax.device_put(frozen, replicated)
+  data_iterator = task.train_iterator(config.seed)
+
+  manager = _checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    state = _restore(manager, workdir, state, data_iterator)
+  state = jax.device_put(state, replicated)
+  train_step = make_train_step(task, tx, mesh, config.batch_size,
+                               optimizer_lib.learning_rate_schedule(config.train))
+
+  writer = _MetricWriter(workdir, enabled=is_main)
+  start_step = int(jax.device_get(state.step))
+  total = int(config.num_train_steps)
+  bar = None
+  if progress and is_main:
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+  try:
+    with _SigtermFlag() as sigterm:
+      step = start_step
+      window_start, window_steps = time.time(), 0
+      while step < total:
+        local_batch = next(data_iterator)
+        new_state, metrics = train_step(state, frozen, _global_batch(local_batch, mesh))
+        loss = float(jax.device_get(metrics["loss"]))
+        if not np.isfinite(loss):
+          raise NonFiniteLossError(
+              f"non-finite loss {loss} at step {step + 1}; stopped without saving this state. "
+              f"The last good checkpoint (step {manager.latest_step()}) is kept in {workdir}/checkpoints.")
+        state, step = new_state, step + 1
+        window_steps += 1
+        if bar is not None:
+          bar.update(1)
+          bar.set_postfix(loss=f"{loss:.4f}")
+        if step % config.log_every_steps == 0 or step == total:
+          host_metrics = jax.device_get(metrics)
+          elapsed = time.time() - window_start
+          host_metrics["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+          writer.write(step, host_metrics)
+          window_start, window_steps = time.time(), 0
+        if step % config.checkpoint_every_steps == 0 or step == total or sigterm.received:
+          _save(manager, workdir, state, data_iterator)
+        if sigterm.received:
+          logging.warning("Stopped by SIGTERM at step %d (checkpoint saved).", step)
+          break
+  finally:
+    if bar is not None:
+      bar.close()
+    writer.close()
+    manager.close()
+  return state
