@@ -6,6 +6,7 @@
 - Weight decay 0 on normalisation parameters and on learned query embeddings.
 - Backbone parameters get `backbone_lr_multiplier` (0.1 when the segmenter trains).
 - Gradients are clipped by their global L2 norm over the whole trainable model (0.01).
+- The backbone's frozen BatchNorm parameters never change.
 """
 
 from typing import Any
@@ -49,6 +50,15 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def frozen_mask(params: Any) -> Any:
+  """True for parameters that never train: the backbone's frozen BatchNorm (scale, bias, mean, var),
+  which detectron2 keeps as buffers."""
+  def frozen(path, _):
+    names = _path_names(path).split("/")
+    return "backbone" in names and any("norm" in n for n in names[:-1])
+  return jax.tree_util.tree_map_with_path(frozen, params)
+
+
 def _lr_multipliers(params: Any, backbone_multiplier: float) -> Any:
   return jax.tree_util.tree_map_with_path(
       lambda path, _: backbone_multiplier if "backbone" in _path_names(path) else 1.0, params)
@@ -69,4 +79,9 @@ def create_optimizer(train_config: ml_collections.ConfigDict, params: Any) -> op
         lambda _: optax.EmptyState(),
         lambda updates, state, params=None: (jax.tree.map(lambda u, m: u * m, updates, multipliers), state)))
   chain.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*chain)
+  trainable = optax.chain(*chain)
+  frozen = frozen_mask(params)
+  if not any(jax.tree.leaves(frozen)):
+    return trainable
+  labels = jax.tree.map(lambda f: "frozen" if f else "trainable", frozen)
+  return optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()}, labels)

@@ -203,3 +203,17 @@ def test_optimizer_clips_global_norm_and_scales_backbone():
   # Adam's first step is -lr * sign(g) (|m/sqrt(v)| = 1) after clipping; backbone x0.1.
   np.testing.assert_allclose(updates["backbone"], [-0.03, -0.03], rtol=1e-4)
   np.testing.assert_allclose(updates["head"], [0.0, 0.0], atol=1e-8)
+
+
+def test_frozen_batchnorm_never_updates():
+  config = toy_task.toy_config().train
+  params = {"backbone": {"res2_0": {"norm1": {"scale": jnp.ones(2), "mean": jnp.zeros(2)},
+                                    "conv1": {"kernel": jnp.ones(2)}}},
+            "predictor": {"decoder_norm": {"scale": jnp.ones(2)}}}
+  tx = optimizer_lib.create_optimizer(config, params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert float(jnp.abs(updates["backbone"]["res2_0"]["norm1"]["scale"]).sum()) == 0.0
+  assert float(jnp.abs(updates["backbone"]["res2_0"]["norm1"]["mean"]).sum()) == 0.0
+  assert float(jnp.abs(updates["backbone"]["res2_0"]["conv1"]["kernel"]).sum()) > 0.0
+  assert float(jnp.abs(updates["predictor"]["decoder_norm"]["scale"]).sum()) > 0.0

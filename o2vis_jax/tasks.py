@@ -1,0 +1,154 @@
+"""Training tasks: the model, the loss and the data that `o2vis_jax.train` optimises (scenic's
+"model wrapper owns the loss"; the Flax modules own only the forward).
+
+- `TrackerTask` (SPEC 5): T_E / T_A trained on a frozen segmenter (stop-gradient, no optimiser state).
+- `SegmenterTask` (SPEC 6): the per-frame Mask2Former loss with deep supervision + Eq. 13.
+
+Both read training clips from `o2vis_jax.input_pipeline` in the batch format documented there.
+"""
+
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from o2vis_jax import losses
+from o2vis_jax import video_model
+from o2vis_jax.models import build_segmenter
+from o2vis_jax.models import tracker as tracker_lib
+from o2vis_jax.train import DATA_AXIS
+
+
+def _train_image_shape(config) -> Tuple[int, int]:
+  from o2vis_jax import input_pipeline
+  return input_pipeline.train_image_shape(config)
+
+
+def init_segmenter_params(config, rng) -> Any:
+  height, width = _train_image_shape(config)
+  images = jnp.zeros((1, height, width, 3), jnp.float32)
+  return build_segmenter(config).init(rng, images)["params"]
+
+
+def init_tracker_params(config, rng) -> Any:
+  return tracker_lib.init_params(config, rng)
+
+
+def load_init_params(path: str) -> Dict[str, Any]:
+  """Params to start from: a converted checkpoint dir (scripts/convert_checkpoint.py, or the export of
+  a training run) -> {'segmenter': ..., 'tracker': ...?}."""
+  from o2vis_jax.checkpoint_conversion import load_converted
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"init checkpoint {path!r} is not a directory (expected the output of "
+                            "scripts/convert_checkpoint.py or scripts/export_checkpoint.py)")
+  _, params = load_converted(path)
+  return params
+
+
+def _segmenter_forward(config, params, frames, pixel_valid):
+  """Runs the segmenter on a [B, T, H, W, 3] clip as one batch of B*T images -> outputs [B, T, ...]."""
+  batch, num_frames = frames.shape[:2]
+  flat = lambda x: x.reshape((batch * num_frames,) + x.shape[2:])
+  outputs = build_segmenter(config).apply({"params": params}, flat(frames), flat(pixel_valid))
+  unflat = lambda x: x.reshape((batch, num_frames) + x.shape[1:])
+  return jax.tree.map(unflat, outputs)
+
+
+class _Task:
+  def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None):
+    self.config = config
+    self.workdir = workdir
+    self.loss_config = losses.loss_config_from(config)
+
+  def train_iterator(self, seed: int):
+    from o2vis_jax import input_pipeline
+    return input_pipeline.make_train_iterator(self.config, seed=seed, workdir=self.workdir)
+
+  def _num_masks(self, counts):
+    return losses.average_num_masks(counts, axis_name=DATA_AXIS)
+
+
+class TrackerTask(_Task):
+  """Only the trackers train; the segmenter runs under stop_gradient (SPEC 5)."""
+
+  def init_params(self, rng):
+    seg_rng, tracker_rng = jax.random.split(rng)
+    init = self.config.get("init_checkpoint", "")
+    if init:
+      loaded = load_init_params(init)
+      segmenter = loaded["segmenter"]
+      tracker = loaded.get("tracker") if self.config.get("init_tracker", False) else None
+      logging.info("segmenter from %s%s", init, "" if tracker is None else " (and tracker)")
+    else:
+      logging.warning("config.init_checkpoint is empty: the frozen segmenter is RANDOMLY initialised.")
+      segmenter, tracker = init_segmenter_params(self.config, seg_rng), None
+    if tracker is None:
+      tracker = init_tracker_params(self.config, tracker_rng)
+    return tracker, {"segmenter": segmenter}
+
+  def loss(self, trainable, frozen, batch, rngs, step):
+    config = self.config
+    seg = _segmenter_forward(config, frozen["segmenter"], batch["frames"], batch["pixel_valid"])
+    seg = jax.lax.stop_gradient(seg)
+    outputs = video_model.track(
+        config, trainable, seg["pred_embds"], seg["pred_embds_without_norm"], seg["mask_features"],
+        frame_valid=batch["frame_valid"], segmenter_logits=seg["pred_logits"], train=True)
+    targets = losses.targets_from_batch(batch)
+    num_masks = self._num_masks(jax.vmap(losses.tracker_mask_count)(targets))
+    per_video = jax.vmap(lambda k, o, t: losses.tracker_criterion(
+        jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config))
+    totals, terms = per_video(rngs, criterion_outputs(outputs), targets)
+    return jnp.mean(totals), jax.tree.map(jnp.mean, terms)
+
+
+def criterion_outputs(outputs: Dict[str, jax.Array]) -> Dict[str, Any]:
+  """`video_model.track(train=True)` outputs -> the dict `losses.tracker_criterion` reads
+  (per-layer aux arrays [..., L-1, T, ...] become lists of {pred_logits, pred_masks})."""
+  def unstack(logits, masks):
+    num = logits.shape[-4]  # [(B,) L-1, T, N, K+1]
+    return [dict(pred_logits=jnp.take(logits, i, axis=-4), pred_masks=jnp.take(masks, i, axis=-4))
+            for i in range(num)]
+  result = dict(pred_logits=outputs["pred_logits"], pred_masks=outputs["pred_masks"],
+                pred_logits_E=outputs["pred_logits_E"], pred_masks_E=outputs["pred_masks_E"],
+                similarity=outputs["similarity"],
+                aux=unstack(outputs["aux_logits"], outputs["aux_masks"]),
+                aux_E=unstack(outputs["aux_logits_E"], outputs["aux_masks_E"]))
+  if "prev_occupied" in outputs:
+    result["prev_occupied"] = outputs["prev_occupied"]
+  return result
+
+
+class SegmenterTask(_Task):
+  """The segmenter trains (backbone lr x0.1, frozen BatchNorm), per frame, with Eq. 13 (SPEC 6)."""
+
+  def init_params(self, rng):
+    init = self.config.get("init_checkpoint", "")
+    params = load_init_params(init)["segmenter"] if init else init_segmenter_params(self.config, rng)
+    return params, {}
+
+  def loss(self, trainable, frozen, batch, rngs, step):
+    del frozen
+    seg = _segmenter_forward(self.config, trainable, batch["frames"], batch["pixel_valid"])
+    outputs = dict(pred_logits=seg["pred_logits"], pred_masks=seg["pred_masks"],
+                   embeddings=seg["pred_embds"],
+                   aux=[dict(pred_logits=a["pred_logits"], pred_masks=a["pred_masks"])
+                        for a in seg["aux_outputs"]])
+    targets = losses.targets_from_batch(batch)
+    num_masks = self._num_masks(jax.vmap(losses.segmenter_mask_count)(targets))
+    per_video = jax.vmap(lambda k, o, t: losses.segmenter_criterion(
+        jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config))
+    totals, terms = per_video(rngs, outputs, targets)
+    return jnp.mean(totals), jax.tree.map(jnp.mean, terms)
+
+
+TASKS = {"tracker": TrackerTask, "segmenter": SegmenterTask}
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: Optional[str] = None):
+  name = config.train.task
+  if name not in TASKS:
+    raise ValueError(f"config.train.task={name!r}; expected one of {sorted(TASKS)}")
+  return TASKS[name](config, workdir)
