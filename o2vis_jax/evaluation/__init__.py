@@ -1,0 +1,20 @@
+"""YouTube-VIS / OVIS evaluation (SPEC section 8) and results files.
+
+`evaluate(ground_truth, results)` -> the 12 metrics as fractions (+ OVIS occlusion AP/AR and
+per-category AP); `instance_to_result`, `write_results`, `write_results_zip` write what the
+evaluation servers accept.
+"""
+
+from o2vis_jax.evaluation.errors import EvaluationInputError
+from o2vis_jax.evaluation.evaluate import evaluate
+from o2vis_jax.evaluation.ground_truth import GroundTruth, load_ground_truth
+from o2vis_jax.evaluation.protocol import METRIC_NAMES, OCCLUSION_METRIC_NAMES
+from o2vis_jax.evaluation.results import (ground_truth_to_results, instance_to_result,
+                                          load_results, read_results_file, write_results,
+                                          write_results_zip)
+
+__all__ = [
+    "EvaluationInputError", "GroundTruth", "METRIC_NAMES", "OCCLUSION_METRIC_NAMES", "evaluate",
+    "ground_truth_to_results", "instance_to_result", "load_ground_truth", "load_results",
+    "read_results_file", "write_results", "write_results_zip",
+]

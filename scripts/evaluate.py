@@ -1,0 +1,73 @@
+"""Scores a YouTube-VIS / OVIS results file, or packages it for the evaluation servers.
+
+  python scripts/evaluate.py --gt valid.json --results results.json [--json_out metrics.json]
+  python scripts/evaluate.py --results results.json --zip submission.zip [--gt valid.json]
+
+Prints the metrics x100 (as papers report them); `--json_out` (alias `--json-out`) writes them as
+fractions under the keys AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl (-1 where
+undefined), plus AP_light/medium/heavy and AR_light/medium/heavy for OVIS and per_category_AP.
+`--zip` writes the archive the servers accept (results.json at its root); with `--gt` the results
+are validated first.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from o2vis_jax import evaluation  # noqa: E402
+
+_GT = flags.DEFINE_string(
+    "gt", None, "Ground-truth annotation JSON (YouTube-VIS 2019/2021/2022 or OVIS layout).")
+_RESULTS = flags.DEFINE_string(
+    "results", None, "Results JSON (list of {video_id, category_id, score, segmentations}) or a "
+    "server zip holding results.json.", required=True)
+_JSON_OUT = flags.DEFINE_string(
+    "json_out", None, "Where to write the metrics as fractions (JSON); nothing written if unset.")
+flags.DEFINE_alias("json-out", "json_out")
+_ZIP = flags.DEFINE_string(
+    "zip", None, "Write the results as a server submission archive (results.json at its root) "
+    "to this path.")
+
+
+def format_table(metrics: dict) -> str:
+  """Metrics (fractions) -> a two-line table x100; undefined (-1) shown as '-'."""
+  names = list(evaluation.METRIC_NAMES) + [
+      name for name in evaluation.OCCLUSION_METRIC_NAMES if name in metrics]
+  cells = ["-" if metrics[name] == -1 else f"{100 * metrics[name]:.1f}" for name in names]
+  widths = [max(len(n), len(c)) for n, c in zip(names, cells)]
+  header = "  ".join(n.rjust(w) for n, w in zip(names, widths))
+  values = "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+  return f"{header}\n{values}"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _GT.value is None and _ZIP.value is None:
+    raise app.UsageError("--gt is required unless only --zip is asked")
+  try:
+    metrics = None if _GT.value is None else evaluation.evaluate(_GT.value, _RESULTS.value)
+    results = evaluation.read_results_file(_RESULTS.value) if _ZIP.value else None
+  except evaluation.EvaluationInputError as error:
+    raise SystemExit(f"error: {error}") from None
+  if metrics is not None:
+    print(format_table(metrics))
+    per_category = metrics["per_category_AP"]
+    print("per-category AP: " + ", ".join(
+        f"{name} {'-' if ap == -1 else f'{100 * ap:.1f}'}" for name, ap in per_category.items()))
+    if _JSON_OUT.value:
+      with open(_JSON_OUT.value, "w") as f:
+        json.dump(metrics, f, indent=1)
+      print(f"wrote {_JSON_OUT.value}")
+  if _ZIP.value:
+    evaluation.write_results_zip(_ZIP.value, results)
+    print(f"wrote {_ZIP.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
