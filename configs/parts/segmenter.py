@@ -31,6 +31,8 @@ def get() -> ml_collections.ConfigDict:
       transformer_decoder=ml_collections.ConfigDict(dict(
           num_layers=9,
           ffn_dim=2048,
+          # A 1x1 conv on each level before the decoder even when conv_dim == hidden_dim.
+          enforce_input_projection=False,
       )),
   ))
 

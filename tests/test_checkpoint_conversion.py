@@ -1,0 +1,185 @@
+"""Weight import: file formats, the restricted unpickler, error messages, layouts, the CLI output."""
+
+import os
+import pickle
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import segmenter_fixture
+from o2vis_jax import checkpoint_conversion as cc
+from o2vis_jax.checkpoint_conversion import segmenter as conversion
+
+
+class _RunsShell:
+  """A pickle payload that would run a shell command when loaded by an ordinary unpickler."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+  marker = tmp_path / "pwned"
+  path = tmp_path / "model_final.pkl"
+  with open(path, "wb") as f:
+    pickle.dump({"model": {"backbone.stem.conv1.weight": _RunsShell(str(marker))}}, f)
+  with pytest.raises(cc.UnsafePickleError, match=r"refusing to load (posix|os|nt)\.system"):
+    cc.load_state_dict(str(path))
+  assert not marker.exists()
+
+
+def test_pickle_refuses_builtins_eval(tmp_path):
+  path = tmp_path / "evil.pkl"
+  # GLOBAL builtins.eval, then REDUCE with ("1+1",): the classic code-execution opcode sequence.
+  path.write_bytes(b"cbuiltins\neval\n(S'1+1'\ntR.")
+  with pytest.raises(cc.UnsafePickleError, match="builtins.eval"):
+    cc.load_state_dict(str(path))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_detectron2_pickle_round_trip(tmp_path, protocol):
+  weights = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b.bias": np.float64(0.5) * np.ones(2)}
+  path = tmp_path / "model_final.pkl"
+  with open(path, "wb") as f:
+    pickle.dump({"model": weights, "__author__": "test", "matching_heuristics": True}, f, protocol=protocol)
+  loaded = cc.load_state_dict(str(path))
+  assert sorted(loaded) == sorted(weights)
+  for key, value in weights.items():
+    np.testing.assert_array_equal(loaded[key], value)
+    assert loaded[key].dtype == value.dtype
+
+
+def test_npz_and_safetensors_round_trip(tmp_path):
+  from safetensors.numpy import save_file
+  weights = {"x.weight": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)}
+  np.savez(tmp_path / "w.npz", **weights)
+  save_file(weights, str(tmp_path / "w.safetensors"))
+  for name in ("w.npz", "w.safetensors"):
+    np.testing.assert_array_equal(cc.load_state_dict(str(tmp_path / name))["x.weight"], weights["x.weight"])
+
+
+def test_pth_without_torch_says_so(tmp_path, monkeypatch):
+  path = tmp_path / "model.pth"
+  path.write_bytes(b"not really")
+  monkeypatch.setitem(sys.modules, "torch", None)     # import torch -> ImportError
+  with pytest.raises(ImportError, match="needs PyTorch"):
+    cc.load_state_dict(str(path))
+
+
+def test_unknown_extension_is_named(tmp_path):
+  path = tmp_path / "weights.h5"
+  path.write_bytes(b"")
+  with pytest.raises(ValueError, match=r"weights\.h5: unknown checkpoint format '\.h5'"):
+    cc.load_state_dict(str(path))
+
+
+def test_errors_list_missing_unexpected_and_misshaped_keys():
+  state_dict, hf_config, _ = segmenter_fixture.load()
+  broken = dict(state_dict)
+  del broken["class_predictor.bias"]
+  del broken["model.pixel_level_module.decoder.encoder.layers.1.fc2.weight"]
+  broken["model.some_new_head.weight"] = np.zeros(3, np.float32)
+  broken["model.transformer_module.queries_features.weight"] = np.zeros((9, 32), np.float32)
+  with pytest.raises(cc.ConversionError) as error:
+    cc.segmenter_from_hf(broken, hf_config)
+  message = str(error.value)
+  assert "missing keys (2)" in message
+  assert "'class_predictor.bias'" in message
+  assert "'model.pixel_level_module.decoder.encoder.layers.1.fc2.weight'" in message
+  assert "unexpected keys (1): ['model.some_new_head.weight']" in message
+  assert "mis-shaped keys (1)" in message
+  assert "model.transformer_module.queries_features.weight (9, 32)" in message
+  assert "model expects (8, 32)" in message
+
+
+def test_hf_config_with_unsupported_backbone_is_named():
+  state_dict, hf_config, _ = segmenter_fixture.load()
+  bad = dict(hf_config, backbone_config=dict(hf_config["backbone_config"], depths=[1, 1, 1, 1]))
+  with pytest.raises(cc.ConversionError, match=r"blocks per stage \(1, 1, 1, 1\)"):
+    cc.segmenter_from_hf(state_dict, bad)
+
+
+def test_detectron2_layout_gives_the_same_config_and_params():
+  state_dict, hf_config, _ = segmenter_fixture.load()
+  detectron2 = segmenter_fixture.hf_to_detectron2(state_dict)
+  detectron2["criterion.empty_weight"] = np.ones(6, np.float32)       # present in real checkpoints
+  assert cc.detect_layout(detectron2) == "detectron2" and cc.detect_layout(state_dict) == "hf"
+  config_hf, params_hf = cc.segmenter_from_hf(state_dict, hf_config)
+  config_d2, params_d2 = cc.segmenter_from_detectron2(detectron2, num_heads=4, pixel_decoder_heads=4)
+  assert config_d2 == config_hf
+  flat_hf = dict(jax.tree_util.tree_flatten_with_path(params_hf)[0])
+  flat_d2 = dict(jax.tree_util.tree_flatten_with_path(params_d2)[0])
+  assert flat_hf.keys() == flat_d2.keys()
+  for path in flat_hf:
+    np.testing.assert_array_equal(flat_d2[path], flat_hf[path], err_msg=jax.tree_util.keystr(path))
+
+
+def test_fused_in_proj_is_split_into_q_k_v():
+  w = np.arange(6 * 2, dtype=np.float32).reshape(6, 2)     # C=2: rows 0-1 q, 2-3 k, 4-5 v
+  np.testing.assert_array_equal(conversion.TRANSFORMS["fused_weight"](w, 1), w[2:4].T)
+  np.testing.assert_array_equal(conversion.TRANSFORMS["fused_bias"](np.arange(6.0), 2), [4.0, 5.0])
+  conv = np.arange(2 * 3 * 1 * 2).reshape(2, 3, 1, 2)       # [O, I, kh, kw]
+  assert conversion.TRANSFORMS["conv"](conv, None)[0, 1, 2, 1] == conv[1, 2, 0, 1]
+
+
+def test_file_conversion_writes_a_loadable_checkpoint(tmp_path):
+  state_dict, _, _ = segmenter_fixture.load()
+  detectron2 = segmenter_fixture.hf_to_detectron2(state_dict)
+  path = tmp_path / "model_final.pkl"
+  with open(path, "wb") as f:
+    pickle.dump({"model": detectron2, "__author__": "test"}, f)
+  config, params = cc.convert_file(str(path), num_heads=4)
+  # detectron2 files do not record the pixel decoder's heads; the released models use 8.
+  assert config.model.pixel_decoder.num_heads == 8 and config.model.num_heads == 4
+  cc.save_converted(str(tmp_path / "out"), config, params)
+  loaded_config, loaded_params = cc.load_converted(str(tmp_path / "out"))
+  assert loaded_config.model.num_queries == 8 and loaded_config.model.backbone.depth == 50
+  kernel = ["segmenter", "predictor", "class_embed", "kernel"]
+  original, restored = params, loaded_params
+  for key in kernel:
+    original, restored = original[key], restored[key]
+  np.testing.assert_array_equal(restored, original)
+  assert jax.tree.structure(loaded_params) == jax.tree.structure(params)
+
+
+def test_whole_lomm_checkpoint_converts_segmenter_and_tracker(tmp_path):
+  import reference_numpy
+  state_dict, _, _ = segmenter_fixture.load()
+  checkpoint = segmenter_fixture.hf_to_detectron2(state_dict)
+  tracker = reference_numpy.random_state_dict(np.random.default_rng(0), 32, 5, 64, num_layers=3)
+  checkpoint.update({f"tracker.{k}": np.asarray(v, np.float32) for k, v in tracker.items()})
+  path = tmp_path / "lomm.pkl"
+  with open(path, "wb") as f:
+    pickle.dump({"model": checkpoint}, f)
+  config, params = cc.convert_file(str(path), num_heads=4)
+  assert sorted(params) == ["segmenter", "tracker"]
+  assert config.tracker.num_layers == 3 and config.tracker.num_heads == 4
+  np.testing.assert_array_equal(params["tracker"]["class_embed"]["kernel"],
+                                np.asarray(tracker["class_embed.weight"], np.float32).T)
+  # A tracker trained for other classes than the segmenter is refused by name.
+  checkpoint["tracker.class_embed.weight"] = np.zeros((4, 32), np.float32)
+  checkpoint["tracker.class_embed.bias"] = np.zeros(4, np.float32)
+  with open(path, "wb") as f:
+    pickle.dump({"model": checkpoint}, f)
+  with pytest.raises(cc.ConversionError, match="num_classes 3, the segmenter has 5"):
+    cc.convert_file(str(path), num_heads=4)
+
+
+@pytest.mark.parametrize("depth", [18, 101])
+def test_tables_cover_every_param_for_other_depths(depth):
+  from configs.parts import segmenter as segmenter_config
+  model_config = segmenter_config.get()
+  model_config.backbone.depth, model_config.backbone.width = depth, 4
+  model_config.hidden_dim = model_config.pixel_decoder.conv_dim = 32
+  model_config.pixel_decoder.num_groups = 4
+  shapes = conversion.expected_shapes(model_config)
+  for layout in ("hf", "detectron2"):
+    rules = conversion.conversion_rules(model_config, layout)
+    assert set(rules) == set(shapes), (layout, sorted(set(rules) ^ set(shapes))[:5])
+    assert len({key for key, _, _ in rules.values()}) == len(rules) - 4 * model_config.transformer_decoder.num_layers * (
+        2 if layout == "detectron2" else 1)   # a fused in_proj weight and bias each serve q, k and v
