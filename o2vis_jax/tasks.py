@@ -8,7 +8,7 @@ Both read training clips from `o2vis_jax.input_pipeline` in the batch format doc
 """
 
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from absl import logging
 import jax
@@ -22,14 +22,9 @@ from o2vis_jax.models import tracker as tracker_lib
 from o2vis_jax.train import DATA_AXIS
 
 
-def _train_image_shape(config) -> Tuple[int, int]:
-  from o2vis_jax import input_pipeline
-  return input_pipeline.train_image_shape(config)
-
-
 def init_segmenter_params(config, rng) -> Any:
-  height, width = _train_image_shape(config)
-  images = jnp.zeros((1, height, width, 3), jnp.float32)
+  # No segmenter parameter depends on the image size; 64x64 is the smallest cheap multiple of 32.
+  images = jnp.zeros((1, 64, 64, 3), jnp.float32)
   return build_segmenter(config).init(rng, images)["params"]
 
 
@@ -48,6 +43,37 @@ def load_init_params(path: str) -> Dict[str, Any]:
   return params
 
 
+def resolve_data_dir(config: ml_collections.ConfigDict, workdir: Optional[str]) -> str:
+  """`config.data.data_dir`; for the synthetic dataset with no data_dir, generates and builds it (once)
+  under WORKDIR/synthetic_data, so that `configs/synthetic_tiny.py` needs nothing but --workdir."""
+  from o2vis_jax import input_pipeline
+  data = config.data
+  if data.data_dir:
+    if not os.path.isdir(data.data_dir):
+      raise FileNotFoundError(f"config.data.data_dir={data.data_dir!r} is not a directory (build the "
+                              "dataset first: python -m data.build --help)")
+    return data.data_dir
+  if data.dataset != "synthetic":
+    raise ValueError(f"config.data.data_dir is empty: set it to the built {data.dataset} dataset "
+                     "(python -m data.build --help); only the synthetic dataset is generated on demand")
+  if not workdir:
+    raise ValueError("the synthetic dataset is generated into the workdir, but none was given")
+  return input_pipeline.prepare_synthetic(config, os.path.join(workdir, "synthetic_data"))
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, seed: int, workdir: Optional[str]):
+  """This process's iterator of local training batches (config.batch_size / process_count clips)."""
+  from o2vis_jax import input_pipeline
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.data_dir = resolve_data_dir(config, workdir)
+  videos, coco, _ = input_pipeline.open_train_sources(config)
+  local_batch = config.batch_size // jax.process_count()
+  dataset = input_pipeline.train_dataset(config, videos, batch_size=local_batch, coco_source=coco,
+                                         seed=seed)
+  return iter(dataset)
+
+
 def _segmenter_forward(config, params, frames, pixel_valid):
   """Runs the segmenter on a [B, T, H, W, 3] clip as one batch of B*T images -> outputs [B, T, ...]."""
   batch, num_frames = frames.shape[:2]
@@ -64,8 +90,7 @@ class _Task:
     self.loss_config = losses.loss_config_from(config)
 
   def train_iterator(self, seed: int):
-    from o2vis_jax import input_pipeline
-    return input_pipeline.make_train_iterator(self.config, seed=seed, workdir=self.workdir)
+    return make_train_iterator(self.config, seed, self.workdir)
 
   def _num_masks(self, counts):
     return losses.average_num_masks(counts, axis_name=DATA_AXIS)
@@ -89,8 +114,22 @@ class TrackerTask(_Task):
       tracker = init_tracker_params(self.config, tracker_rng)
     return tracker, {"segmenter": segmenter}
 
-  def loss(self, trainable, frozen, batch, rngs, step):
+  def _early_training(self) -> bool:
+    return video_model.resolve_options(self.config.tracker).early_matching
+
+  def phase(self, step: int) -> str:
+    """'early' for the first `train.early_training_fraction` of the steps when early training is on
+    (Eq. 9, 14; REFERENCE.md 7.4: the first half in the reference), else 'main'."""
+    fraction = float(self.config.train.get("early_training_fraction", 0.5))
+    if self._early_training() and step < fraction * self.config.num_train_steps:
+      return "early"
+    return "main"
+
+  def loss(self, trainable, frozen, batch, rngs, step, phase="main"):
     config = self.config
+    if self._early_training() and phase != "early":
+      config = config.copy_and_resolve_references()
+      config.tracker.early_matching = False
     seg = _segmenter_forward(config, frozen["segmenter"], batch["frames"], batch["pixel_valid"])
     seg = jax.lax.stop_gradient(seg)
     outputs = video_model.track(
@@ -98,27 +137,21 @@ class TrackerTask(_Task):
         frame_valid=batch["frame_valid"], segmenter_logits=seg["pred_logits"], train=True)
     targets = losses.targets_from_batch(batch)
     num_masks = self._num_masks(jax.vmap(losses.tracker_mask_count)(targets))
-    per_video = jax.vmap(lambda k, o, t: losses.tracker_criterion(
-        jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config))
-    totals, terms = per_video(rngs, criterion_outputs(outputs), targets)
+    criterion_outputs = losses.tracker_outputs_from_track(outputs)
+    if phase == "early":
+      # Eq. 14: the GT assignment comes from the segmenter's predictions re-ordered by sigma_t.
+      order = outputs["indices"]                                         # [B, T, N]
+      take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 3)), axis=2)
+      matcher_outputs = dict(pred_logits=take(seg["pred_logits"]), pred_masks=take(seg["pred_masks"]))
+      per_video = jax.vmap(lambda k, o, t, m: losses.tracker_criterion(
+          jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config, matcher_outputs=m))
+      totals, terms = per_video(rngs, criterion_outputs, targets, matcher_outputs)
+    else:
+      per_video = jax.vmap(lambda k, o, t: losses.tracker_criterion(
+          jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config))
+      totals, terms = per_video(rngs, criterion_outputs, targets)
     return jnp.mean(totals), jax.tree.map(jnp.mean, terms)
 
-
-def criterion_outputs(outputs: Dict[str, jax.Array]) -> Dict[str, Any]:
-  """`video_model.track(train=True)` outputs -> the dict `losses.tracker_criterion` reads
-  (per-layer aux arrays [..., L-1, T, ...] become lists of {pred_logits, pred_masks})."""
-  def unstack(logits, masks):
-    num = logits.shape[-4]  # [(B,) L-1, T, N, K+1]
-    return [dict(pred_logits=jnp.take(logits, i, axis=-4), pred_masks=jnp.take(masks, i, axis=-4))
-            for i in range(num)]
-  result = dict(pred_logits=outputs["pred_logits"], pred_masks=outputs["pred_masks"],
-                pred_logits_E=outputs["pred_logits_E"], pred_masks_E=outputs["pred_masks_E"],
-                similarity=outputs["similarity"],
-                aux=unstack(outputs["aux_logits"], outputs["aux_masks"]),
-                aux_E=unstack(outputs["aux_logits_E"], outputs["aux_masks_E"]))
-  if "prev_occupied" in outputs:
-    result["prev_occupied"] = outputs["prev_occupied"]
-  return result
 
 
 class SegmenterTask(_Task):

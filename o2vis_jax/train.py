@@ -48,7 +48,7 @@ class Task(Protocol):
 
     Runs inside `shard_map` over the `data` axis; `rngs` has one key per local example. A loss
     that needs global normalisers (e.g. the number of GT masks over all devices) may `psum` over
-    DATA_AXIS.
+    DATA_AXIS. A task with training phases (see `phase`) also takes `phase=` (static).
     """
 
   def train_iterator(self, seed: int) -> Any:
@@ -69,12 +69,18 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, mesh: Mesh,
-                    global_batch_size: int, schedule: Optional[optax.Schedule] = None) -> Callable:
-  """jit(state, frozen, batch) -> (state, metrics): loss and grads in shard_map, update replicated."""
+                    global_batch_size: int, schedule: Optional[optax.Schedule] = None,
+                    phase: Any = None) -> Callable:
+  """jit(state, frozen, batch) -> (state, metrics): loss and grads in shard_map, update replicated.
+
+  `phase` (hashable) is passed to `task.loss(..., phase=phase)` when not None: one compiled step per
+  phase (e.g. early training, Eq. 9, then the main phase).
+  """
+  phase_kwargs = {} if phase is None else {"phase": phase}
 
   def per_device(params, frozen, batch, rngs, step):
     def loss_fn(p):
-      return task.loss(p, frozen, batch, rngs, step)
+      return task.loss(p, frozen, batch, rngs, step, **phase_kwargs)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, DATA_AXIS)
     metrics = dict(metrics, loss=loss)
@@ -251,8 +257,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
   if manager.latest_step() is not None:
     state = _restore(manager, workdir, state, data_iterator)
   state = jax.device_put(state, replicated)
-  train_step = make_train_step(task, tx, mesh, config.batch_size,
-                               optimizer_lib.learning_rate_schedule(config.train))
+  schedule = optimizer_lib.learning_rate_schedule(config.train)
+  train_steps = {}
+
+  def train_step_for(step):
+    phase = task.phase(step) if hasattr(task, "phase") else None
+    if phase not in train_steps:
+      train_steps[phase] = make_train_step(task, tx, mesh, config.batch_size, schedule, phase)
+    return train_steps[phase]
 
   writer = _MetricWriter(workdir, enabled=is_main)
   start_step = int(jax.device_get(state.step))
@@ -267,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
       window_start, window_steps = time.time(), 0
       while step < total:
         local_batch = next(data_iterator)
-        new_state, metrics = train_step(state, frozen, _global_batch(local_batch, mesh))
+        new_state, metrics = train_step_for(step)(state, frozen, _global_batch(local_batch, mesh))
         loss = float(jax.device_get(metrics["loss"]))
         if not np.isfinite(loss):
           raise NonFiniteLossError(

@@ -1,0 +1,115 @@
+"""The synthetic occlusion dataset: self-consistent JSON, the events it promises, determinism by seed."""
+
+import filecmp
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from data import synthetic
+
+# pycocotools 2.0.11 warns about numpy 2 `__array__` on every decode; nothing of ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("synthetic"))
+  path = synthetic.generate(out, "train", num_videos=12, seed=0, size=64, num_frames=16)
+  with open(path) as f:
+    return out, json.load(f)
+
+
+def test_layout_and_categories(generated):
+  out, data = generated
+  assert [c["name"] for c in data["categories"]] == ["circle", "square", "triangle", "star", "ring"]
+  assert len(data["videos"]) == 12
+  for video in data["videos"]:
+    assert video["length"] == len(video["file_names"]) == 16
+    for name in video["file_names"]:
+      assert os.path.isfile(os.path.join(out, "train", "JPEGImages", name)), name
+
+
+def test_areas_and_bboxes_are_the_mask_statistics(generated):
+  _, data = generated
+  videos = {v["id"]: v for v in data["videos"]}
+  checked = 0
+  for ann in data["annotations"]:
+    video = videos[ann["video_id"]]
+    assert len(ann["segmentations"]) == len(ann["areas"]) == len(ann["bboxes"]) == video["length"]
+    assert any(s is not None for s in ann["segmentations"]), f"annotation {ann['id']} never visible"
+    for seg, area, bbox in zip(ann["segmentations"], ann["areas"], ann["bboxes"]):
+      if seg is None:
+        assert area is None and bbox is None
+        continue
+      assert seg["size"] == [video["height"], video["width"]]
+      assert sum(seg["counts"]) == 64 * 64
+      mask = synthetic.decode_rle(seg)
+      ys, xs = np.nonzero(mask)
+      assert area == mask.sum() > 0
+      assert bbox == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+      checked += 1
+  assert checked > 100
+
+
+def test_masks_are_disjoint_visible_regions(generated):
+  _, data = generated
+  for video in data["videos"]:
+    anns = [a for a in data["annotations"] if a["video_id"] == video["id"]]
+    for t in range(video["length"]):
+      total = np.zeros((64, 64), np.int32)
+      for ann in anns:
+        if ann["segmentations"][t] is not None:
+          total += synthetic.decode_rle(ann["segmentations"][t])
+      assert total.max() <= 1, f"video {video['id']} frame {t}: modal masks overlap"
+
+
+def _visibility(ann):
+  return np.array([s is not None for s in ann["segmentations"]])
+
+
+def test_occlusion_events_happen(generated):
+  _, data = generated
+  late, reentries, long_gaps = 0, 0, 0
+  for ann in data["annotations"]:
+    visible = _visibility(ann)
+    first, last = np.flatnonzero(visible)[[0, -1]]
+    late += first > 0
+    hidden_inside = ~visible[first:last + 1]
+    if hidden_inside.any():
+      reentries += 1
+      runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], hidden_inside, [0]]))))[::2]
+      long_gaps += runs.max() >= 3
+  lookalike_videos = sum(
+      len(cats) != len(set(cats)) for cats in
+      ([a["category_id"] for a in data["annotations"] if a["video_id"] == v["id"]] for v in data["videos"]))
+  assert late >= 3, late
+  assert reentries >= 3, reentries
+  assert long_gaps >= 2, long_gaps         # hidden for several frames, then visible again.
+  assert lookalike_videos >= 3, lookalike_videos
+
+
+def test_same_seed_same_files_other_seed_other_videos(tmp_path):
+  a = synthetic.generate(str(tmp_path / "a"), "train", 3, seed=5, size=48, num_frames=6)
+  b = synthetic.generate(str(tmp_path / "b"), "train", 3, seed=5, size=48, num_frames=6)
+  c = synthetic.generate(str(tmp_path / "c"), "valid", 3, seed=6, size=48, num_frames=6)
+  assert open(a).read() == open(b).read()
+  names = json.load(open(a))["videos"][0]["file_names"]
+  for name in names:
+    assert filecmp.cmp(os.path.join(tmp_path, "a", "train", "JPEGImages", name),
+                       os.path.join(tmp_path, "b", "train", "JPEGImages", name), shallow=False)
+  other = json.load(open(c))
+  first_a = json.load(open(a))["annotations"][0]["segmentations"]
+  assert all(ann["segmentations"] != first_a for ann in other["annotations"])
+
+
+def test_generation_is_fast_and_cli_works(tmp_path):
+  start = time.perf_counter()
+  synthetic.generate(str(tmp_path / "fast"), "train", 20, seed=1, size=96, num_frames=24)
+  assert time.perf_counter() - start < 10.0
+  assert synthetic.main(["--out", str(tmp_path / "cli"), "--split", "valid", "--videos", "1", "--seed", "3",
+                         "--size", "32", "--frames", "40"]) == 0
+  data = json.load(open(tmp_path / "cli" / "valid.json"))
+  assert data["videos"][0]["length"] == 40 and data["videos"][0]["height"] == 32
