@@ -185,3 +185,64 @@ def build_task(config: ml_collections.ConfigDict, workdir: Optional[str] = None)
   if name not in TASKS:
     raise ValueError(f"config.train.task={name!r}; expected one of {sorted(TASKS)}")
   return TASKS[name](config, workdir)
+
+
+def export(directory: str, config: ml_collections.ConfigDict, params: Dict[str, Any]) -> str:
+  """Writes params ({'segmenter', 'tracker'?}) + config as a converted-checkpoint directory (the format
+  of scripts/convert_checkpoint.py), replacing an older export only once the new one is complete."""
+  import shutil
+  from o2vis_jax.checkpoint_conversion import save_converted
+  directory = os.path.abspath(directory)
+  staging = directory + ".incomplete"
+  shutil.rmtree(staging, ignore_errors=True)
+  save_converted(staging, config, jax.device_get(params))
+  if os.path.exists(directory):
+    shutil.rmtree(directory)
+  os.replace(staging, directory)
+  return directory
+
+
+def _stage_config(config, task: str, **train_overrides) -> ml_collections.ConfigDict:
+  stage = config.copy_and_resolve_references()
+  stage.train.task = task
+  for key, value in train_overrides.items():
+    if key == "num_train_steps":
+      stage.num_train_steps = value
+    else:
+      stage.train[key] = value
+  return stage
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> str:
+  """Runs `config.train.task` in `workdir` and exports the result to WORKDIR/export; returns its path.
+
+  'segmenter' / 'tracker': one stage. 'segmenter+tracker' (training from scratch, SPEC 6 then 5): the
+  segmenter for `train.segmenter_steps` in WORKDIR/segmenter (exported to WORKDIR/segmenter/export), then
+  the trackers on it for `num_train_steps` in WORKDIR/tracker. Each stage resumes from its checkpoints.
+  """
+  from o2vis_jax import train
+  task_name = config.train.task
+  if task_name == "segmenter+tracker":
+    t = config.train
+    seg_config = _stage_config(config, "segmenter", num_train_steps=t.segmenter_steps,
+                               learning_rate=t.get("segmenter_learning_rate", t.learning_rate),
+                               decay_steps=t.get("segmenter_decay_steps", t.decay_steps))
+    seg_state = train.train_and_evaluate(seg_config, os.path.join(workdir, "segmenter"),
+                                         SegmenterTask(seg_config, workdir), progress=progress)
+    seg_export = export(os.path.join(workdir, "segmenter", "export"), seg_config,
+                        {"segmenter": seg_state.params})
+    tracker_config = _stage_config(config, "tracker")
+    tracker_config.init_checkpoint = seg_export
+    tracker_config.init_tracker = False
+    state = train.train_and_evaluate(tracker_config, os.path.join(workdir, "tracker"),
+                                     TrackerTask(tracker_config, workdir), progress=progress)
+    params = {"segmenter": load_init_params(seg_export)["segmenter"], "tracker": state.params}
+    return export(os.path.join(workdir, "export"), tracker_config, params)
+  task = build_task(config, workdir)
+  state = train.train_and_evaluate(config, workdir, task, progress=progress)
+  if task_name == "segmenter":
+    params = {"segmenter": state.params}
+  else:
+    frozen = task.init_params(jax.random.PRNGKey(config.seed))[1]
+    params = {"segmenter": frozen["segmenter"], "tracker": state.params}
+  return export(os.path.join(workdir, "export"), config, params)

@@ -5,7 +5,8 @@ r"""Trains O2VIS (trackers on a frozen segmenter, or the segmenter) on one CPU, 
       --config.data.data_dir=/data/ytvis_2019_built --config.init_checkpoint=/ckpt/converted
 
 Any config field can be overridden with `--config.FIELD=VALUE`. A run resumes from the latest
-checkpoint in --workdir. Multi-host: run the same command on every host with
+checkpoint in --workdir and ends by exporting the trained params to WORKDIR/export (the format of
+scripts/convert_checkpoint.py, read by scripts/infer.py). Multi-host: run the same command on every host with
 --coordinator_address/--num_processes/--process_id, or leave them empty where JAX's cluster
 auto-detection (TPU pods, SLURM, ...) applies and pass --multihost.
 """
@@ -42,12 +43,13 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _MULTIHOST.value:
     jax.distributed.initialize()
-  from o2vis_jax import tasks, train
+  from o2vis_jax import tasks
   config = _CONFIG.value
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  task = tasks.build_task(config, _WORKDIR.value)
-  train.train_and_evaluate(config, _WORKDIR.value, task, progress=not _NO_PROGRESS.value)
+  exported = tasks.run_training(config, _WORKDIR.value, progress=not _NO_PROGRESS.value)
+  if jax.process_index() == 0:
+    print(f"trained model exported to {exported}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,14 @@
-"""`config.tracker`: T_E / T_A, the IOM and the matching (SPEC sections 2-3, REFERENCE.md)."""
+"""`config.tracker`: T_E / T_A, the IOM and the matching (SPEC sections 2-3, REFERENCE.md).
+
+`semantics` picks defaults for the single switches below that are left at None
+(`o2vis_jax.video_model.resolve_options` does the resolution, REFERENCE.md section 13):
+
+| switch            | 'reference' (default)         | 'paper'                                    |
+|-------------------|-------------------------------|--------------------------------------------|
+| anchor            | adaptive  (s*M + (1-s)*m)     | adaptive_paper (s*m + (1-s)*M), Eq. 7      |
+| current_features  | tracker (T_A self mode on u_t)| segmenter (e_t for OHM, u_t for the anchor)|
+| early_matching    | False                         | True (training only, Eq. 9)                |
+"""
 
 import ml_collections
 
@@ -10,6 +20,20 @@ def get() -> ml_collections.ConfigDict:
       num_heads=8,
       semantics="reference",      # reference | paper (REFERENCE.md section 13).
       matcher="host",             # host (scipy via pure_callback) | device (pure JAX, exact).
+      mode="trackers",            # trackers (O2VIS) | baseline (training-free, on segmenter outputs only).
+      # Single switches; None = the value `semantics` implies (table above).
+      anchor=ml_collections.FieldReference(None, field_type=str),
+      # adaptive | adaptive_paper | current | memory (Table 3(b)).
+      current_features=ml_collections.FieldReference(None, field_type=str),  # tracker | segmenter.
+      early_matching=ml_collections.FieldReference(None, field_type=bool),
+      dtype=ml_collections.FieldReference(None, field_type=str),  # None = follow the inputs.
+      param_dtype="float32",
+      # Training-free baselines of Table 3(a) rows 1-5 (REFERENCE.md section 11), mode='baseline'.
+      baseline=ml_collections.ConfigDict(dict(
+          memory="iom",           # none | similarity | momentum | iom.
+          matching="ohm",         # hungarian | ohm.
+          top_k=10,               # MinVIS.inference_video keeps 10 (not inference.max_num).
+      )),
   ))
 
 

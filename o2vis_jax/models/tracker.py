@@ -1,0 +1,183 @@
+"""The O2VIS trackers T_E and T_A (SPEC section 2; REFERENCE.md sections 1-2).
+
+Each tracker is a stack of `num_layers` layers `FFN(SA(RCA(identity, query, kv)))`, post-norm, no
+positional embeddings. T_E and T_A share `ref_proj`, `decoder_norm`, `class_embed` and `mask_embed`
+(REFERENCE.md section 13.10). Keys and values of every attention are the un-normed segmenter queries of
+the current frame. A stack runs in one of two modes (`Tracker.run_stack`):
+  * self mode:   query_0 = ref_proj(kv),     query_j = ref_proj(x_{j-1});
+  * anchor mode: query_j = ref_proj(anchor) for every j.
+In both, the residual of layer 0 is zero and that of layer j > 0 is x_{j-1}.
+
+Parameter names follow the PyTorch module names (`transformer_cross_attention_layers_E_0/multihead_attn/
+q_proj`, ...), so weight import (`checkpoint_conversion/tracker.py`) is a table. The module owns no state:
+the memory is the scan carry of `video_model.py`.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from o2vis_jax.models.layers import MLP, MultiHeadAttention, layer_norm, resolve_dtype
+
+Dtype = Any
+TRACKERS = ("E", "A")
+
+
+class ReferringCrossAttention(nn.Module):
+  """RCA(id, q, kv) = LN(id + MHA(q, kv, kv)); the residual input is separate from the query."""
+  num_heads: int
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, identity, query, kv):
+    attended = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="multihead_attn")(
+        query, kv, kv)
+    return layer_norm("norm", self.dtype, self.param_dtype)(identity + attended)
+
+
+class SelfAttention(nn.Module):
+  """SA(x) = LN(x + MHA(x, x, x))."""
+  num_heads: int
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    attended = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="self_attn")(x, x, x)
+    return layer_norm("norm", self.dtype, self.param_dtype)(x + attended)
+
+
+class FFN(nn.Module):
+  """FFN(x) = LN(x + linear2(relu(linear1(x))))."""
+  ffn_dim: int
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    hidden = nn.relu(nn.Dense(self.ffn_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                              name="linear1")(x))
+    out = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name="linear2")(hidden)
+    return layer_norm("norm", self.dtype, self.param_dtype)(x + out)
+
+
+class Tracker(nn.Module):
+  """T_E and T_A with their shared heads. Call the methods through `model.bind({'params': params})`."""
+  hidden_dim: int
+  num_classes: int
+  num_layers: int = 3
+  num_heads: int = 8
+  ffn_dim: int = 2048
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    layers = lambda make: [make() for _ in range(self.num_layers)]
+    self.transformer_cross_attention_layers_E = layers(lambda: ReferringCrossAttention(self.num_heads, **kw))
+    self.transformer_self_attention_layers_E = layers(lambda: SelfAttention(self.num_heads, **kw))
+    self.transformer_ffn_layers_E = layers(lambda: FFN(self.ffn_dim, **kw))
+    self.transformer_cross_attention_layers_A = layers(lambda: ReferringCrossAttention(self.num_heads, **kw))
+    self.transformer_self_attention_layers_A = layers(lambda: SelfAttention(self.num_heads, **kw))
+    self.transformer_ffn_layers_A = layers(lambda: FFN(self.ffn_dim, **kw))
+    self.ref_proj = MLP(self.hidden_dim, self.hidden_dim, 3, **kw)
+    self.decoder_norm = nn.LayerNorm(epsilon=1e-5, **kw)  # PyTorch's eps.
+    self.class_embed = nn.Dense(self.num_classes + 1, **kw)
+    self.mask_embed = MLP(self.hidden_dim, self.hidden_dim, 3, **kw)
+
+  def _layers(self, which):
+    if which not in TRACKERS:
+      raise ValueError(f"models/tracker.py: tracker must be one of {TRACKERS}, got {which!r}")
+    if which == "E":
+      return (self.transformer_cross_attention_layers_E, self.transformer_self_attention_layers_E,
+              self.transformer_ffn_layers_E)
+    return (self.transformer_cross_attention_layers_A, self.transformer_self_attention_layers_A,
+            self.transformer_ffn_layers_A)
+
+  def run_stack(self, which: str, kv: jax.Array, anchor: Optional[jax.Array] = None,
+                use_anchor=None) -> jax.Array:
+    """Runs tracker `which` ('E' or 'A') on one frame; returns the L layer outputs [L, ..., N, C].
+
+    kv: the un-normed segmenter queries u_t [..., N, C]. anchor: [..., N, C] or None (self mode).
+    use_anchor: optional traced bool selecting anchor mode (True) or self mode (False) at run time, so
+    frame 0 (self mode) and later frames (anchor mode) share one program; defaults to `anchor is not None`.
+    """
+    cross, self_attention, ffn = self._layers(which)
+    if anchor is None:
+      anchor, use_anchor = kv, False
+    elif use_anchor is None:
+      use_anchor = True
+    anchor_query = self.ref_proj(anchor)
+    outputs, identity, previous = [], jnp.zeros((), kv.dtype), kv
+    for j in range(self.num_layers):
+      if use_anchor is True:
+        query = anchor_query
+      else:
+        self_query = self.ref_proj(previous)
+        query = self_query if use_anchor is False else jnp.where(use_anchor, anchor_query, self_query)
+      x = ffn[j](self_attention[j](cross[j](identity, query, kv)))
+      outputs.append(x)
+      identity = previous = x
+    return jnp.stack(outputs)
+
+  def normed(self, x):
+    """LN_d, the shared decoder norm."""
+    return self.decoder_norm(x)
+
+  def class_logits(self, x):
+    """class_embed(LN_d(x)): [..., N, K+1]."""
+    return self.class_embed(self.decoder_norm(x))
+
+  def predict(self, x, mask_features):
+    """(class logits [..., N, K+1], mask logits [..., N, h, w]) of tracker outputs x [..., N, C] with
+    mask_features [h, w, C] (broadcast over the leading axes of x)."""
+    normed = self.decoder_norm(x)
+    masks = jnp.einsum("...nc,hwc->...nhw", self.mask_embed(normed), mask_features)
+    return self.class_embed(normed), masks
+
+  def __call__(self, kv, mask_features):
+    """Touches every parameter (for `init`): both trackers in self and anchor mode, and the heads."""
+    e = self.run_stack("E", kv)
+    a = self.run_stack("A", kv, anchor=e[-1])
+    return self.predict(a[-1], mask_features)
+
+
+def build(config) -> Tracker:
+  """The tracker of `config` (tracker section plus the segmenter's hidden_dim / num_classes / dtypes)."""
+  return Tracker(hidden_dim=config.model.hidden_dim, num_classes=config.model.num_classes,
+                 num_layers=config.tracker.num_layers, num_heads=config.tracker.num_heads,
+                 ffn_dim=config.tracker.ffn_dim, dtype=resolve_dtype(config.tracker.get("dtype")),
+                 param_dtype=resolve_dtype(config.tracker.get("param_dtype", "float32")))
+
+
+def init_params(config, rng: jax.Array, dtype=jnp.float32):
+  """A fresh tracker params tree (the tracker's own, separate from the segmenter's).
+
+  Xavier-uniform kernels, zero biases, unit LayerNorm scales (the reference trackers' reset: xavier for
+  every weight matrix). Values are drawn with NumPy from a seed taken from `rng`: the shapes come from
+  `jax.eval_shape`, because compiling ~170 threefry draws in one XLA program takes tens of seconds on CPU.
+  """
+  model = build(config)
+  c = config.model.hidden_dim
+  shapes = jax.eval_shape(model.init, rng, jnp.zeros((4, c), dtype), jnp.zeros((2, 2, c), dtype))["params"]
+  seed = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+                    else rng).astype(np.uint32)
+  generator = np.random.default_rng(seed.tolist())
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in, fan_out = leaf.shape
+      bound = np.sqrt(6.0 / (fan_in + fan_out))
+      value = generator.uniform(-bound, bound, leaf.shape)
+    elif name == "scale":
+      value = np.ones(leaf.shape)
+    else:
+      value = np.zeros(leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
