@@ -1,11 +1,13 @@
-"""R50 O2VIS on OVIS (K=25)."""
+"""R50 O2VIS on OVIS (K=25, top-20): Table 1 setting, tracker training on a converted segmenter.
 
-from configs import base
+  python scripts/train.py --config configs/ovis_r50.py --workdir DIR --config.init_checkpoint=CONVERTED
+      --config.data.data_dir=BUILT_DATASET [--config.data.coco_data_dir=BUILT_COCO]
+
+Values: configs/r50_common.py. Ablations of Table 3: configs/ablations_r50.py.
+"""
+
+from configs import r50_common
 
 
 def get_config():
-  config = base.get_base_config()
-  config.model.num_classes = 25
-  config.data.dataset = "ovis"
-  config.inference.max_num = 20
-  return config
+  return r50_common.tracker_training_config("ovis")

@@ -1,11 +1,13 @@
-"""R50 O2VIS on YouTube-VIS 2019 (K=40), SPEC Table 1 setting."""
+"""R50 O2VIS on YouTube-VIS 2019 (K=40): Table 1 setting, tracker training on a converted segmenter.
 
-from configs import base
+  python scripts/train.py --config configs/ytvis19_r50.py --workdir DIR --config.init_checkpoint=CONVERTED
+      --config.data.data_dir=BUILT_DATASET [--config.data.coco_data_dir=BUILT_COCO]
+
+Values: configs/r50_common.py. Ablations of Table 3: configs/ablations_r50.py.
+"""
+
+from configs import r50_common
 
 
 def get_config():
-  config = base.get_base_config()
-  config.model.num_classes = 40
-  config.data.dataset = "ytvis_2019"
-  config.inference.max_num = 10
-  return config
+  return r50_common.tracker_training_config("ytvis19")

@@ -70,7 +70,7 @@ def create_optimizer(train_config: ml_collections.ConfigDict, params: Any) -> op
   backbone_multiplier = float(train_config.get("backbone_lr_multiplier", 1.0))
   chain = [
       optax.clip_by_global_norm(train_config.clip_grad_norm),
-      optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+      optax.scale_by_adam(b1=0.9, b2=0.999, eps=float(train_config.get("adam_eps", 1e-8))),
       optax.add_decayed_weights(train_config.weight_decay, mask=weight_decay_mask(params)),
   ]
   if backbone_multiplier != 1.0:

@@ -19,12 +19,12 @@ from typing import Dict, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from o2vis_jax import association, matching
+from o2vis_jax import association, matching, te_only
 from o2vis_jax.models import tracker as tracker_lib
 
 SEMANTICS = ("reference", "paper")
 CURRENT_FEATURES = ("tracker", "segmenter")
-MODES = ("trackers", "baseline")
+MODES = ("trackers", "baseline", "te_only")  # te_only: Table 3(a) row 6, o2vis_jax/te_only.py.
 BASELINE_MATCHING = ("hungarian", "ohm")
 
 
@@ -63,12 +63,14 @@ def resolve_options(tracker_config) -> Options:
       tracker_config.get(name) if tracker_config.get(name) is not None
       else (paper_value if paper else reference))
   baseline = tracker_config.get("baseline", {})
+  mode = _check("mode", tracker_config.get("mode", "trackers"), MODES)
   return Options(
-      mode=_check("mode", tracker_config.get("mode", "trackers"), MODES),
+      mode=mode,
       anchor=_check("anchor", pick("anchor", "adaptive", "adaptive_paper"), association.ANCHORS),
       current_features=_check("current_features", pick("current_features", "tracker", "segmenter"),
                               CURRENT_FEATURES),
-      early_matching=bool(pick("early_matching", False, True)),
+      # The T_E-only reference always trains with early matching (REFERENCE.md 12).
+      early_matching=bool(pick("early_matching", mode == "te_only", True)),
       matcher=_check("matcher", tracker_config.matcher, matching.MATCHERS),
       baseline_memory=_check("baseline.memory", baseline.get("memory", "iom"),
                              association.BASELINE_MEMORIES),
@@ -210,6 +212,9 @@ def run_chunk(config, params, carry: Carry, frames: Dict[str, jax.Array], train:
   options = resolve_options(config.tracker)
   if options.mode == "baseline":
     step = lambda c, f: baseline_step(options, c, f)
+  elif options.mode == "te_only":
+    tracker_e = te_only.build(config).bind({"params": params})
+    step = lambda c, f: te_only.te_only_step(tracker_e, options, train, c, f)
   else:
     tracker = tracker_lib.build(config).bind({"params": params})
     step = lambda c, f: tracker_step(tracker, options, train, c, f)
@@ -269,6 +274,10 @@ def track(config, params, embeds, embeds_without_norm=None, mask_features=None,
     frames.update(embeds_without_norm=embeds_without_norm, mask_features=mask_features)
     if segmenter_logits is not None:
       frames["segmenter_logits"] = segmenter_logits
+    if options.mode == "te_only":
+      if segmenter_logits is None or segmenter_masks is None:
+        raise ValueError("video_model.track: mode='te_only' needs segmenter_logits and segmenter_masks")
+      frames["segmenter_masks"] = segmenter_masks
     dtype = carry_dtype(config, params, jnp.asarray(embeds_without_norm).dtype)
   for name, value in frames.items():
     if value.shape[:len(batch_shape) + 1] != batch_shape + (num_frames,):

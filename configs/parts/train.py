@@ -11,6 +11,7 @@ def get() -> ml_collections.ConfigDict:
       decay_steps=(112000,),
       decay_factor=0.1,
       clip_grad_norm=0.01,
+      adam_eps=1e-8,
       warmup_factor=1.0,          # detectron2 WARMUP_FACTOR (1.0 in the reference = no warm-up ramp).
       backbone_lr_multiplier=0.1, # only matters when the segmenter trains.
       early_training_fraction=0.5,  # Eq. 9, 14: share of steps with early training when it is on.

@@ -134,3 +134,48 @@ def tracker_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.C
   config.tracker.num_heads = num_heads
   config.tracker.ffn_dim = ffn_dim
   return config, params
+
+
+TE_ONLY_PREFIX = "tracker_E."
+
+
+def te_only_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.ConfigDict, dict]:
+  """Converts the reference T_E-only tracker (`LOMM_Tracker_E`: `tracker_E.*` keys of a
+  LOMM_online_E checkpoint, or bare keys) to the params of `o2vis_jax.te_only.TrackerE`.
+
+  Same layouts as `tracker_from_reference`, with only the `_E` layers and T_E's own `ref_proj_E`.
+  Returns (config with tracker.mode='te_only', params); raises ConversionError like it.
+  """
+  if any(k.startswith(TE_ONLY_PREFIX) for k in state_dict):
+    state_dict = {k[len(TE_ONLY_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TE_ONLY_PREFIX)}
+  sd = {k.replace("ref_proj_E.", "ref_proj."): _to_numpy(v) for k, v in state_dict.items()}
+  if "transformer_ffn_layers_E.0.linear1.weight" not in sd or any("_layers_A." in k for k in sd):
+    raise ConversionError("T_E-only tracker checkpoint: expected `transformer_*_layers_E.*` keys and no "
+                          f"T_A keys (got {len(sd)} keys, e.g. {sorted(sd)[:5]})")
+  # The full-model table, restricted to T_E: fake the T_A layer-0 key that `_infer_dims` reads.
+  probe = dict(sd)
+  probe["transformer_ffn_layers_A.0.linear1.weight"] = sd["transformer_ffn_layers_E.0.linear1.weight"]
+  hidden_dim, num_classes, ffn_dim, num_layers = _infer_dims(probe)
+  table = {k: v for k, v in _expected(hidden_dim, num_classes, ffn_dim, num_layers).items()
+           if "_layers_A." not in k}
+  table = {k: (shape, [(("ref_proj_E",) + path[1:] if path[0] == "ref_proj" else path, transform)
+                       for path, transform in targets])
+           for k, (shape, targets) in table.items()}
+  missing, unexpected = sorted(set(table) - set(sd)), sorted(set(sd) - set(table))
+  misshaped = sorted(f"{k}: {tuple(sd[k].shape)}, expected {table[k][0]}" for k in set(table) & set(sd)
+                     if tuple(sd[k].shape) != table[k][0])
+  if missing or unexpected or misshaped:
+    raise ConversionError(f"T_E-only tracker checkpoint (C={hidden_dim}, K={num_classes}, L={num_layers}): "
+                          f"missing {missing}, unexpected {unexpected}, mis-shaped {misshaped}")
+  params = {}
+  for key, (_, targets) in table.items():
+    for path, transform in targets:
+      node = params
+      for name in path[:-1]:
+        node = node.setdefault(name, {})
+      node[path[-1]] = np.ascontiguousarray(transform(sd[key]))
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(dict(hidden_dim=hidden_dim, num_classes=num_classes))
+  config.tracker = tracker_config_part.get()
+  config.tracker.update(mode="te_only", num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim)
+  return config, params
