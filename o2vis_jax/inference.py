@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from pycocotools import mask as mask_util
 
-from o2vis_jax import models, video_io, video_model
+from o2vis_jax import models, te_only, video_io, video_model
 from o2vis_jax.evaluation import results as results_lib
 from o2vis_jax.models import tracker as tracker_lib
 from o2vis_jax.models.resize import interpolation_matrix
@@ -215,6 +215,8 @@ def model_for_config(config, mask_padding: bool = False) -> Tuple[Callable, Call
       frames.update(embeds_without_norm=out["pred_embds_without_norm"].astype(dtype),
                     mask_features=out["mask_features"].astype(dtype))
       tracker_params = params["tracker"]
+    if options.mode == "te_only":   # T_E-only re-orders the segmenter's own predictions.
+      frames.update(segmenter_logits=out["pred_logits"], segmenter_masks=out["pred_masks"])
     carry, tracked = video_model.run_chunk(config, tracker_params, carry, frames)
     return carry, dict(pred_logits=tracked["pred_logits"], pred_masks=tracked["pred_masks"])
 
@@ -253,7 +255,9 @@ def init_params(config, seed: int = 0) -> Dict[str, Any]:
     return jnp.asarray(value, leaf.dtype)
 
   return dict(segmenter=jax.tree_util.tree_map_with_path(draw, shapes),
-              tracker=tracker_lib.init_params(config, tracker_key))
+              tracker=(te_only.init_params(config, tracker_key)
+                       if config.tracker.get("mode", "trackers") == "te_only"
+                       else tracker_lib.init_params(config, tracker_key)))
 
 
 class VideoPredictor:

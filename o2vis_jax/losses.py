@@ -379,6 +379,29 @@ def tracker_criterion(key: jax.Array, outputs: Outputs, targets: VideoTargets, n
   return weighted_total(terms, config), terms
 
 
+def te_only_criterion(key: jax.Array, outputs: Outputs, targets: VideoTargets, num_masks: jax.Array,
+                      config: LossConfig) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """The T_E-only model's loss of one clip (Table 3(a) row 6; REFERENCE.md section 12).
+
+  It always trains with early matching: the assignment is made once on `pred_logits` / `pred_masks` (the
+  segmenter's predictions re-ordered by sigma, which are that model's outputs) and reused without
+  re-matching for T_E's last block (`pred_logits_E`, `pred_masks_E`) and its earlier blocks (`aux_E`),
+  all against the modified targets of REFERENCE.md 7.3. Terms: loss_{ce,mask,dice}_E[_i]; no T_A terms,
+  no L_sim.
+  """
+  no_object = outputs["pred_logits"].shape[-1] - 1
+  match_key, main_key, aux_key = jax.random.split(key, 3)
+  query_of_gt = video_assignment(match_key, outputs["pred_logits"], outputs["pred_masks"], targets, config)
+  targets_e = modified_targets(targets, query_of_gt, no_object, config.target_rule)
+  terms = set_loss(main_key, outputs["pred_logits_E"], outputs["pred_masks_E"], targets_e, query_of_gt,
+                   num_masks, config, "_E")
+  aux_e = outputs.get("aux_E", [])
+  for i, (preds, k) in enumerate(zip(aux_e, jax.random.split(aux_key, max(len(aux_e), 1)))):
+    terms.update(set_loss(k, preds["pred_logits"], preds["pred_masks"], targets_e, query_of_gt,
+                          num_masks, config, f"_E_{i}"))
+  return weighted_total(terms, config), terms
+
+
 def contrastive_loss(embeddings: jax.Array, query_of_gt: jax.Array,
                      frame_valid: jax.Array) -> jax.Array:
   """Eq. 13 between the frames of a clip: log(1 + sum_{k-} exp(v.k- - v.k+)), averaged over anchors.
@@ -444,8 +467,9 @@ def tracker_outputs_from_track(track_outputs: Outputs) -> Outputs:
     return [{"pred_logits": jnp.take(logits, i, axis=-3), "pred_masks": jnp.take(masks, i, axis=-4)}
             for i in range(logits.shape[-3])]
   out = {name: track_outputs[name] for name in ("pred_logits", "pred_masks", "pred_logits_E",
-                                                 "pred_masks_E", "similarity")}
-  out["aux"] = layers(track_outputs["aux_logits"], track_outputs["aux_masks"])
+                                                 "pred_masks_E", "similarity") if name in track_outputs}
+  if "aux_logits" in track_outputs:
+    out["aux"] = layers(track_outputs["aux_logits"], track_outputs["aux_masks"])
   out["aux_E"] = layers(track_outputs["aux_logits_E"], track_outputs["aux_masks_E"])
   if "occupied" in track_outputs:
     occupied = track_outputs["occupied"]

@@ -29,6 +29,9 @@ def init_segmenter_params(config, rng) -> Any:
 
 
 def init_tracker_params(config, rng) -> Any:
+  if config.tracker.get("mode", "trackers") == "te_only":
+    from o2vis_jax import te_only
+    return te_only.init_params(config, rng)
   return tracker_lib.init_params(config, rng)
 
 
@@ -132,13 +135,20 @@ class TrackerTask(_Task):
       config.tracker.early_matching = False
     seg = _segmenter_forward(config, frozen["segmenter"], batch["frames"], batch["pixel_valid"])
     seg = jax.lax.stop_gradient(seg)
+    te_only = config.tracker.get("mode", "trackers") == "te_only"
     outputs = video_model.track(
         config, trainable, seg["pred_embds"], seg["pred_embds_without_norm"], seg["mask_features"],
-        frame_valid=batch["frame_valid"], segmenter_logits=seg["pred_logits"], train=True)
+        frame_valid=batch["frame_valid"], segmenter_logits=seg["pred_logits"],
+        segmenter_masks=seg["pred_masks"] if te_only else None, train=True)
     targets = losses.targets_from_batch(batch)
     num_masks = self._num_masks(jax.vmap(losses.tracker_mask_count)(targets))
     criterion_outputs = losses.tracker_outputs_from_track(outputs)
-    if phase == "early":
+    if te_only:
+      # Table 3(a) row 6: always early matching, only the _E losses (REFERENCE.md section 12).
+      per_video = jax.vmap(lambda k, o, t: losses.te_only_criterion(
+          jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config))
+      totals, terms = per_video(rngs, criterion_outputs, targets)
+    elif phase == "early":
       # Eq. 14: the GT assignment comes from the segmenter's predictions re-ordered by sigma_t.
       order = outputs["indices"]                                         # [B, T, N]
       take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 3)), axis=2)

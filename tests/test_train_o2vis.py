@@ -98,3 +98,22 @@ def test_short_run_lowers_the_loss(setup, tmp_path, task_cls):
   losses = _losses(str(tmp_path))
   assert len(losses) == 6 and np.all(np.isfinite(losses))
   assert np.mean(losses[-2:]) < 0.9 * np.mean(losses[:2]), f"loss did not fall: {losses}"
+
+
+def test_te_only_step_trains_only_the_E_terms(setup):
+  """Table 3(a) row 6: one training step of the T_E-only model (early matching, _E losses only)."""
+  config, workdir, batch = setup
+  config = config.copy_and_resolve_references()
+  config.tracker.mode = "te_only"
+  task = tasks.TrackerTask(config, workdir)
+  state, frozen, tx = train.initial_state(task, config)
+  mesh = train.make_mesh(jax.devices()[:1])
+  step = train.make_train_step(task, tx, mesh, config.batch_size, phase=task.phase(0))
+  new_state, metrics = step(state, frozen, train._global_batch(batch, mesh))
+  terms = sorted(k for k in metrics if k.startswith("loss_"))
+  assert terms and all("_E" in k for k in terms), terms
+  assert {"loss_ce_E", "loss_mask_E", "loss_dice_E"} <= set(terms)
+  assert np.isfinite(metrics["loss"]) and float(metrics["grad_norm"]) > 0
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                       state.params, new_state.params)
+  assert max(jax.tree.leaves(moved)) > 0

@@ -1,0 +1,42 @@
+"""The README's main command in a reduced mode: scripts/demo.py --reduced with the shipped checkpoint
+(assets/synthetic_tiny) prints its table, and its numbers are what the evaluator gives on its results."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from o2vis_jax import evaluation
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_reduced(tmp_path):
+  checkpoint = os.path.join(_REPO, "assets", "synthetic_tiny")
+  assert os.path.isfile(os.path.join(checkpoint, "config.json")), "the shipped demo checkpoint is missing"
+  out = subprocess.run([sys.executable, os.path.join(_REPO, "scripts", "demo.py"), "--reduced",
+                        "--no_progress", "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900, cwd=_REPO)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  lines = out.stdout.splitlines()
+  header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+  assert lines[header].split()[1:] == ["AP", "AP50", "AP75", "AR1", "AR10"]
+  rows = lines[header + 2:header + 5]
+  assert [r.split("  ")[0].strip() for r in rows] == [
+      "O2VIS (IOM + OHM + T_E + T_A)", "IOM + OHM, no trackers", "no memory + Hungarian"]
+  with open(tmp_path / "demo_metrics.json") as f:
+    metrics = json.load(f)
+  # The printed and saved figures are the evaluator's on the written results files.
+  gt = str(tmp_path / "data" / "valid.json")
+  for label, name in (("O2VIS (IOM + OHM + T_E + T_A)", "trackers"),
+                      ("no memory + Hungarian", "baseline_none_hungarian")):
+    again = evaluation.evaluate(gt, str(tmp_path / f"results_{name}.json"))
+    for key in ("AP", "AP50", "AR10"):
+      assert metrics[label][key] == pytest.approx(again[key], abs=1e-12)
+      assert 0.0 <= metrics[label][key] <= 1.0
+    row = next(r for r in rows if r.startswith(label))
+    assert float(row[len(label):].split()[0]) == pytest.approx(100 * metrics[label]["AP"], abs=0.051)
+  overlays = [p for p in os.listdir(tmp_path) if p.startswith("overlay")]
+  assert overlays and os.path.getsize(tmp_path / overlays[0]) > 0
