@@ -59,9 +59,15 @@ def frozen_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(frozen, params)
 
 
-def _lr_multipliers(params: Any, backbone_multiplier: float) -> Any:
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: backbone_multiplier if "backbone" in _path_names(path) else 1.0, params)
+def _scale_backbone(backbone_multiplier: float) -> optax.GradientTransformation:
+  """Multiplies the backbone's updates by `backbone_multiplier` (detectron2 BACKBONE_MULTIPLIER).
+  Works from the paths of the updates it gets, so it composes with optax's masking."""
+  def update(updates, state, params=None):
+    del params
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, u: u * backbone_multiplier if "backbone" in _path_names(path) else u, updates)
+    return scaled, state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def create_optimizer(train_config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
@@ -74,10 +80,7 @@ def create_optimizer(train_config: ml_collections.ConfigDict, params: Any) -> op
       optax.add_decayed_weights(train_config.weight_decay, mask=weight_decay_mask(params)),
   ]
   if backbone_multiplier != 1.0:
-    multipliers = _lr_multipliers(params, backbone_multiplier)
-    chain.append(optax.GradientTransformation(
-        lambda _: optax.EmptyState(),
-        lambda updates, state, params=None: (jax.tree.map(lambda u, m: u * m, updates, multipliers), state)))
+    chain.append(_scale_backbone(backbone_multiplier))
   chain.append(optax.scale_by_learning_rate(schedule))
   trainable = optax.chain(*chain)
   frozen = frozen_mask(params)

@@ -207,6 +207,7 @@ def test_optimizer_clips_global_norm_and_scales_backbone():
 
 def test_frozen_batchnorm_never_updates():
   config = toy_task.toy_config().train
+  config.backbone_lr_multiplier = 0.1   # masking and the backbone multiplier together.
   params = {"backbone": {"res2_0": {"norm1": {"scale": jnp.ones(2), "mean": jnp.zeros(2)},
                                     "conv1": {"kernel": jnp.ones(2)}}},
             "predictor": {"decoder_norm": {"scale": jnp.ones(2)}}}
