@@ -35,7 +35,8 @@ import numpy as np
 
 from o2vis_jax import association, matching
 from o2vis_jax.models.layers import MLP, resolve_dtype
-from o2vis_jax.models.tracker import FFN, ReferringCrossAttention, SelfAttention
+from o2vis_jax.models.tracker import (FFN, ReferringCrossAttention, SelfAttention, predict_heads,
+                                      run_referring_stack)
 
 Dtype = Any
 
@@ -66,23 +67,9 @@ class TrackerE(nn.Module):
 
     use_anchor: optional traced bool choosing anchor (True) or self mode (False) at run time.
     """
-    if anchor is None:
-      anchor, use_anchor = kv, False
-    elif use_anchor is None:
-      use_anchor = True
-    anchor_query = self.ref_proj_E(anchor)
-    outputs, identity, previous = [], jnp.zeros((), kv.dtype), kv
-    for j in range(self.num_layers):
-      if use_anchor is True:
-        query = anchor_query
-      else:
-        self_query = self.ref_proj_E(previous)
-        query = self_query if use_anchor is False else jnp.where(use_anchor, anchor_query, self_query)
-      x = self.transformer_ffn_layers_E[j](self.transformer_self_attention_layers_E[j](
-          self.transformer_cross_attention_layers_E[j](identity, query, kv)))
-      outputs.append(x)
-      identity = previous = x
-    return jnp.stack(outputs)
+    return run_referring_stack(self.transformer_cross_attention_layers_E,
+                               self.transformer_self_attention_layers_E, self.transformer_ffn_layers_E,
+                               self.ref_proj_E, kv, anchor, use_anchor)
 
   def normed(self, x):
     """LN_d, the decoder norm."""
@@ -90,9 +77,7 @@ class TrackerE(nn.Module):
 
   def predict(self, x, mask_features):
     """(class logits [..., N, K+1], mask logits [..., N, h, w]) of T_E outputs x [..., N, C]."""
-    normed = self.decoder_norm(x)
-    masks = jnp.einsum("...nc,hwc->...nhw", self.mask_embed(normed), mask_features)
-    return self.class_embed(normed), masks
+    return predict_heads(self.decoder_norm, self.class_embed, self.mask_embed, x, mask_features)
 
   def __call__(self, kv, mask_features):
     """Touches every parameter (for `init`)."""

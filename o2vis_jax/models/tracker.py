@@ -65,6 +65,41 @@ class FFN(nn.Module):
     return layer_norm("norm", self.dtype, self.param_dtype)(x + out)
 
 
+def run_referring_stack(cross, self_attention, ffn, ref_proj, kv: jax.Array,
+                        anchor: Optional[jax.Array] = None, use_anchor=None) -> jax.Array:
+  """SelfRef(kv) or Anchor(anchor; kv) of REFERENCE.md section 2 over the blocks (cross[j],
+  self_attention[j], ffn[j]); returns the L block outputs [L, ..., N, C].
+
+  Self mode: block 0's query is ref_proj(kv), block j's ref_proj(x_{j-1}). Anchor mode: ref_proj(anchor)
+  at every block. The residual into block 0 is 0, into block j the previous output. `use_anchor` may be
+  a traced bool, so that frame 0 (self mode) and later frames (anchor mode) share one program.
+  """
+  if anchor is None:
+    anchor, use_anchor = kv, False
+  elif use_anchor is None:
+    use_anchor = True
+  anchor_query = ref_proj(anchor)
+  outputs, identity, previous = [], jnp.zeros((), kv.dtype), kv
+  for j in range(len(cross)):
+    if use_anchor is True:
+      query = anchor_query
+    else:
+      self_query = ref_proj(previous)
+      query = self_query if use_anchor is False else jnp.where(use_anchor, anchor_query, self_query)
+    x = ffn[j](self_attention[j](cross[j](identity, query, kv)))
+    outputs.append(x)
+    identity = previous = x
+  return jnp.stack(outputs)
+
+
+def predict_heads(decoder_norm, class_embed, mask_embed, x, mask_features):
+  """(class logits [..., N, K+1], mask logits [..., N, h, w]) of queries x [..., N, C]: the shared heads on
+  LN_d(x), masks = mask_embed(LN_d(x)) . mask_features [h, w, C]."""
+  normed = decoder_norm(x)
+  masks = jnp.einsum("...nc,hwc->...nhw", mask_embed(normed), mask_features)
+  return class_embed(normed), masks
+
+
 class Tracker(nn.Module):
   """T_E and T_A with their shared heads. Call the methods through `model.bind({'params': params})`."""
   hidden_dim: int
@@ -107,22 +142,7 @@ class Tracker(nn.Module):
     frame 0 (self mode) and later frames (anchor mode) share one program; defaults to `anchor is not None`.
     """
     cross, self_attention, ffn = self._layers(which)
-    if anchor is None:
-      anchor, use_anchor = kv, False
-    elif use_anchor is None:
-      use_anchor = True
-    anchor_query = self.ref_proj(anchor)
-    outputs, identity, previous = [], jnp.zeros((), kv.dtype), kv
-    for j in range(self.num_layers):
-      if use_anchor is True:
-        query = anchor_query
-      else:
-        self_query = self.ref_proj(previous)
-        query = self_query if use_anchor is False else jnp.where(use_anchor, anchor_query, self_query)
-      x = ffn[j](self_attention[j](cross[j](identity, query, kv)))
-      outputs.append(x)
-      identity = previous = x
-    return jnp.stack(outputs)
+    return run_referring_stack(cross, self_attention, ffn, self.ref_proj, kv, anchor, use_anchor)
 
   def normed(self, x):
     """LN_d, the shared decoder norm."""
@@ -135,9 +155,7 @@ class Tracker(nn.Module):
   def predict(self, x, mask_features):
     """(class logits [..., N, K+1], mask logits [..., N, h, w]) of tracker outputs x [..., N, C] with
     mask_features [h, w, C] (broadcast over the leading axes of x)."""
-    normed = self.decoder_norm(x)
-    masks = jnp.einsum("...nc,hwc->...nhw", self.mask_embed(normed), mask_features)
-    return self.class_embed(normed), masks
+    return predict_heads(self.decoder_norm, self.class_embed, self.mask_embed, x, mask_features)
 
   def __call__(self, kv, mask_features):
     """Touches every parameter (for `init`): both trackers in self and anchor mode, and the heads."""
