@@ -93,6 +93,28 @@ def _expected(hidden_dim, num_classes, ffn_dim, num_layers):
   return table
 
 
+def _apply_table(sd: Dict[str, np.ndarray], table, where: str) -> dict:
+  """Checks `sd` against `table` ({key: (shape, [(params path, transform)])}) and builds the params tree.
+
+  Raises ConversionError naming every missing, unexpected and mis-shaped key."""
+  missing = sorted(set(table) - set(sd))
+  unexpected = sorted(set(sd) - set(table))
+  misshaped = sorted(f"{k}: {tuple(sd[k].shape)}, expected {table[k][0]}" for k in set(table) & set(sd)
+                     if tuple(sd[k].shape) != table[k][0])
+  if missing or unexpected or misshaped:
+    problems = [f"{name} ({len(keys)}): {keys}" for name, keys in
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+    raise ConversionError(f"{where}: " + "; ".join(problems))
+  params = {}
+  for key, (_, targets) in table.items():
+    for path, transform in targets:
+      node = params
+      for name in path[:-1]:
+        node = node.setdefault(name, {})
+      node[path[-1]] = np.ascontiguousarray(transform(sd[key]))
+  return params
+
+
 def tracker_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.ConfigDict, dict]:
   """Converts a LOMM tracker state dict (`tracker.*` keys of a checkpoint, or bare keys).
 
@@ -111,22 +133,8 @@ def tracker_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.C
     raise ConversionError(f"tracker checkpoint: hidden_dim {hidden_dim} not divisible by "
                           f"num_heads {num_heads}")
   table = _expected(hidden_dim, num_classes, ffn_dim, num_layers)
-  missing = sorted(set(table) - set(sd))
-  unexpected = sorted(set(sd) - set(table))
-  misshaped = sorted(f"{k}: {tuple(sd[k].shape)}, expected {table[k][0]}" for k in set(table) & set(sd)
-                     if tuple(sd[k].shape) != table[k][0])
-  if missing or unexpected or misshaped:
-    problems = [f"{name} ({len(keys)}): {keys}" for name, keys in
-                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
-    raise ConversionError("tracker checkpoint (C=%d, K=%d, L=%d): %s" % (
-        hidden_dim, num_classes, num_layers, "; ".join(problems)))
-  params = {}
-  for key, (_, targets) in table.items():
-    for path, transform in targets:
-      node = params
-      for name in path[:-1]:
-        node = node.setdefault(name, {})
-      node[path[-1]] = np.ascontiguousarray(transform(sd[key]))
+  params = _apply_table(sd, table, "tracker checkpoint (C=%d, K=%d, L=%d)" % (
+      hidden_dim, num_classes, num_layers))
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(hidden_dim=hidden_dim, num_classes=num_classes))
   config.tracker = tracker_config_part.get()
@@ -161,19 +169,8 @@ def te_only_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.C
   table = {k: (shape, [(("ref_proj_E",) + path[1:] if path[0] == "ref_proj" else path, transform)
                        for path, transform in targets])
            for k, (shape, targets) in table.items()}
-  missing, unexpected = sorted(set(table) - set(sd)), sorted(set(sd) - set(table))
-  misshaped = sorted(f"{k}: {tuple(sd[k].shape)}, expected {table[k][0]}" for k in set(table) & set(sd)
-                     if tuple(sd[k].shape) != table[k][0])
-  if missing or unexpected or misshaped:
-    raise ConversionError(f"T_E-only tracker checkpoint (C={hidden_dim}, K={num_classes}, L={num_layers}): "
-                          f"missing {missing}, unexpected {unexpected}, mis-shaped {misshaped}")
-  params = {}
-  for key, (_, targets) in table.items():
-    for path, transform in targets:
-      node = params
-      for name in path[:-1]:
-        node = node.setdefault(name, {})
-      node[path[-1]] = np.ascontiguousarray(transform(sd[key]))
+  params = _apply_table(sd, table, f"T_E-only tracker checkpoint (C={hidden_dim}, K={num_classes}, "
+                                   f"L={num_layers})")
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(hidden_dim=hidden_dim, num_classes=num_classes))
   config.tracker = tracker_config_part.get()
