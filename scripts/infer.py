@@ -54,8 +54,9 @@ _OVERLAY = flags.DEFINE_string("overlay", None, "Overlay of the results on the f
 _OVERLAY_ALL_SLOTS = flags.DEFINE_bool("overlay_all_slots", False, "Draw every tracker slot with "
                                        "its best class instead of the top-k results.")
 _TRACKER_MODE = flags.DEFINE_enum(
-    "tracker_mode", None, ["trackers", "baseline"], "Override config.tracker.mode: 'trackers' (O2VIS) "
-    "or 'baseline' (training-free association of the segmenter's outputs, Table 3(a); choose it "
+    "tracker_mode", None, ["trackers", "baseline", "te_only"], "Override config.tracker.mode: 'trackers' "
+    "(O2VIS), 'te_only' (the T_E-only model of Table 3(a) row 6, with its own checkpoint) or 'baseline' "
+    "(training-free association of the segmenter's outputs, Table 3(a); choose it "
     "with config.tracker.baseline.memory / matching, e.g. --config.tracker.baseline.memory=none).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Frames per chunk (default: "
                                    "config.inference.chunk_size).")

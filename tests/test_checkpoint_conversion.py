@@ -183,3 +183,19 @@ def test_tables_cover_every_param_for_other_depths(depth):
     assert set(rules) == set(shapes), (layout, sorted(set(rules) ^ set(shapes))[:5])
     assert len({key for key, _, _ in rules.values()}) == len(rules) - 4 * model_config.transformer_decoder.num_layers * (
         2 if layout == "detectron2" else 1)   # a fused in_proj weight and bias each serve q, k and v
+
+
+def test_whole_te_only_checkpoint_converts_segmenter_and_tracker_e(tmp_path):
+  import reference_numpy_te
+  state_dict, _, _ = segmenter_fixture.load()
+  checkpoint = segmenter_fixture.hf_to_detectron2(state_dict)
+  tracker = reference_numpy_te.random_state_dict(np.random.default_rng(1), 32, 5, 64, num_layers=2)
+  checkpoint.update({f"tracker_E.{k}": np.asarray(v, np.float32) for k, v in tracker.items()})
+  path = tmp_path / "lomm_e.pkl"
+  with open(path, "wb") as f:
+    pickle.dump({"model": checkpoint}, f)
+  config, params = cc.convert_file(str(path), num_heads=4)
+  assert config.tracker.mode == "te_only" and config.tracker.num_layers == 2
+  assert "ref_proj_E" in params["tracker"] and "ref_proj" not in params["tracker"]
+  np.testing.assert_array_equal(params["tracker"]["class_embed"]["kernel"],
+                                np.asarray(tracker["class_embed.weight"], np.float32).T)
