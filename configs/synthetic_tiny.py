@@ -66,6 +66,12 @@ def get_config(variant: str = "segmenter+tracker"):
   config.checkpoint_every_steps = 200
   config.log_every_steps = 20
 
+  if variant == "segmenter":
+    # The segmenter stage on its own runs with the schedule it has inside 'segmenter+tracker'.
+    config.num_train_steps = t.segmenter_steps
+    t.learning_rate = t.segmenter_learning_rate
+    t.decay_steps = t.segmenter_decay_steps
+
   config.inference.chunk_size = 8
   config.inference.min_size_test = 96
   config.inference.max_num = 10

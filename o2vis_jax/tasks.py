@@ -35,6 +35,25 @@ def init_tracker_params(config, rng) -> Any:
   return tracker_lib.init_params(config, rng)
 
 
+TRACKER_HEADS = ("decoder_norm", "class_embed", "mask_embed")
+
+
+def heads_from_segmenter(tracker: Dict[str, Any], segmenter: Dict[str, Any]) -> Dict[str, Any]:
+  """A fresh tracker whose shared heads (LN_d, class_embed, mask_embed) start as copies of the
+  segmenter's (`train.tracker_heads_from_segmenter`, an initialisation choice of this project, off by
+  default: the reference initialises them at random). Shapes must agree (same C, K and mask_dim)."""
+  tracker = dict(tracker)
+  predictor = segmenter["predictor"]
+  for name in TRACKER_HEADS:
+    mine, theirs = jax.tree.structure(tracker[name]), jax.tree.structure(predictor[name])
+    shapes = [x.shape for x in jax.tree.leaves(tracker[name])]
+    if mine != theirs or shapes != [x.shape for x in jax.tree.leaves(predictor[name])]:
+      raise ValueError(f"train.tracker_heads_from_segmenter: the segmenter's {name} does not fit the "
+                       f"tracker's ({theirs} vs {mine})")
+    tracker[name] = jax.tree.map(jnp.array, predictor[name])
+  return tracker
+
+
 def load_init_params(path: str) -> Dict[str, Any]:
   """Params to start from: a converted checkpoint dir (scripts/convert_checkpoint.py, or the export of
   a training run) -> {'segmenter': ..., 'tracker': ...?}."""
@@ -115,6 +134,8 @@ class TrackerTask(_Task):
       segmenter, tracker = init_segmenter_params(self.config, seg_rng), None
     if tracker is None:
       tracker = init_tracker_params(self.config, tracker_rng)
+      if self.config.train.get("tracker_heads_from_segmenter", False):
+        tracker = heads_from_segmenter(tracker, segmenter)
     return tracker, {"segmenter": segmenter}
 
   def _early_training(self) -> bool:

@@ -158,3 +158,27 @@ def test_tracker_training_resumes_exactly_with_the_real_pipeline(setup, tmp_path
   full, resumed = _losses(full_dir), _losses(killed_dir)
   assert len(full) == 4 and len(resumed) == 4, (full, resumed)
   np.testing.assert_allclose(resumed, full, rtol=1e-5)
+
+
+def test_tracker_heads_from_segmenter(setup, tmp_path):
+  """`train.tracker_heads_from_segmenter`: a fresh tracker starts with copies of the segmenter's LN_d,
+  class and mask heads, and nothing else changes; a head of another shape is refused by name."""
+  config, workdir, _ = setup
+  config = config.copy_and_resolve_references()
+  plain, frozen = tasks.TrackerTask(config, workdir).init_params(jax.random.PRNGKey(3))
+  config.train.tracker_heads_from_segmenter = True
+  copied, _ = tasks.TrackerTask(config, workdir).init_params(jax.random.PRNGKey(3))
+  predictor = frozen["segmenter"]["predictor"]
+  for name in tasks.TRACKER_HEADS:
+    for a, b in zip(jax.tree.leaves(copied[name]), jax.tree.leaves(predictor[name])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if name != "decoder_norm":   # a fresh LayerNorm (1, 0) equals the untrained segmenter's.
+      assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(plain[name]),
+                                                           jax.tree.leaves(predictor[name])))
+  for name in set(plain) - set(tasks.TRACKER_HEADS):
+    for a, b in zip(jax.tree.leaves(plain[name]), jax.tree.leaves(copied[name])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  wrong = dict(frozen["segmenter"], predictor=dict(
+      predictor, class_embed=jax.tree.map(lambda x: x[..., :2], predictor["class_embed"])))
+  with pytest.raises(ValueError, match="class_embed"):
+    tasks.heads_from_segmenter(plain, wrong)

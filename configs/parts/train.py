@@ -15,6 +15,7 @@ def get() -> ml_collections.ConfigDict:
       warmup_factor=1.0,          # detectron2 WARMUP_FACTOR (1.0 in the reference = no warm-up ramp).
       backbone_lr_multiplier=0.1, # only matters when the segmenter trains.
       early_training_fraction=0.5,  # Eq. 9, 14: share of steps with early training when it is on.
+      tracker_heads_from_segmenter=False,  # fresh trackers start with the segmenter's LN_d/class/mask heads.
       task="tracker",             # tracker (segmenter frozen) | segmenter | segmenter+tracker (from scratch).
       segmenter_steps=20000,      # segmenter stage of 'segmenter+tracker' (MinVIS_R50: 20k iterations).
       segmenter_learning_rate=1e-4,
