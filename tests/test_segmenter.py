@@ -90,3 +90,32 @@ def test_frozen_batch_norm_statistics_are_identifiable():
   # ResNet-50: stem + 16 blocks x 3 + 4 shortcuts = 53 BatchNorms, each with mean and var.
   assert len(frozen) == 2 * 53
   assert all(p[0] == "backbone" for p in frozen)
+
+
+def test_group_norm_backbone_normalises_and_is_refused_by_conversion():
+  """backbone.norm='group_norm' (training from scratch): same module names, trainable scale/bias only,
+  activations independent of the input scale (frozen BatchNorm at its initial statistics is the
+  identity, so they grow with it); the reference converters and unknown norms are refused by name."""
+  from configs import tiny
+  from o2vis_jax.checkpoint_conversion import segmenter as seg_conversion
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 64, 64, 3))
+  model = ResNet(depth=18, width=8, norm="group_norm", norm_groups=4)
+  params = model.init(jax.random.PRNGKey(1), x)["params"]
+  assert set(params["stem_norm1"]) == {"scale", "bias"}
+  assert set(params["res3_0"]) >= {"norm1", "norm2", "shortcut_norm"}
+  frozen_model = ResNet(depth=18, width=8)
+  frozen_params = frozen_model.init(jax.random.PRNGKey(1), x)["params"]
+  assert set(frozen_params["stem_norm1"]) == {"scale", "bias", "mean", "var"}
+  small = model.apply({"params": params}, x)["res5"]
+  large = model.apply({"params": params}, 1000.0 * x)["res5"]
+  np.testing.assert_allclose(np.asarray(large), np.asarray(small), rtol=1e-3, atol=1e-3)
+  frozen_small = frozen_model.apply({"params": frozen_params}, x)["res5"]
+  frozen_large = frozen_model.apply({"params": frozen_params}, 1000.0 * x)["res5"]
+  np.testing.assert_allclose(np.asarray(frozen_large), 1000.0 * np.asarray(frozen_small), rtol=1e-3,
+                             atol=1e-3)
+  config = tiny.get_config().model
+  config.backbone.norm = "group_norm"
+  with pytest.raises(ValueError, match="backbone.norm"):
+    seg_conversion.conversion_rules(config, "hf")
+  with pytest.raises(ValueError, match="backbone.norm"):
+    ResNet(depth=18, width=8, norm="batch_norm").init(jax.random.PRNGKey(1), x)

@@ -208,13 +208,18 @@ def test_optimizer_clips_global_norm_and_scales_backbone():
 def test_frozen_batchnorm_never_updates():
   config = toy_task.toy_config().train
   config.backbone_lr_multiplier = 0.1   # masking and the backbone multiplier together.
-  params = {"backbone": {"res2_0": {"norm1": {"scale": jnp.ones(2), "mean": jnp.zeros(2)},
-                                    "conv1": {"kernel": jnp.ones(2)}}},
+  params = {"backbone": {"res2_0": {"norm1": {"scale": jnp.ones(2), "bias": jnp.zeros(2),
+                                              "mean": jnp.zeros(2), "var": jnp.ones(2)},
+                                    "conv1": {"kernel": jnp.ones(2)}},
+                         # A GroupNorm (backbone.norm='group_norm': no running statistics) trains.
+                         "res2_1": {"norm1": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}}},
             "predictor": {"decoder_norm": {"scale": jnp.ones(2)}}}
   tx = optimizer_lib.create_optimizer(config, params)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
-  assert float(jnp.abs(updates["backbone"]["res2_0"]["norm1"]["scale"]).sum()) == 0.0
-  assert float(jnp.abs(updates["backbone"]["res2_0"]["norm1"]["mean"]).sum()) == 0.0
+  for leaf in ("scale", "bias", "mean", "var"):
+    assert float(jnp.abs(updates["backbone"]["res2_0"]["norm1"][leaf]).sum()) == 0.0
+  for leaf in ("scale", "bias"):
+    assert float(jnp.abs(updates["backbone"]["res2_1"]["norm1"][leaf]).sum()) > 0.0
   assert float(jnp.abs(updates["backbone"]["res2_0"]["conv1"]["kernel"]).sum()) > 0.0
   assert float(jnp.abs(updates["predictor"]["decoder_norm"]["scale"]).sum()) > 0.0

@@ -17,7 +17,9 @@ def get() -> ml_collections.ConfigDict:
           name="resnet",
           depth=50,               # 18 | 34 | 50 | 101.
           width=64,               # stem / first-stage width (64 = torchvision).
-          norm_eps=1e-5,          # frozen BatchNorm eps.
+          norm_eps=1e-5,          # frozen BatchNorm (or GroupNorm) eps.
+          norm="frozen_bn",       # frozen_bn (reference checkpoints) | group_norm (trainable; from scratch).
+          norm_groups=32,         # GroupNorm groups when norm='group_norm'.
       )),
       pixel_decoder=ml_collections.ConfigDict(dict(
           conv_dim=256,

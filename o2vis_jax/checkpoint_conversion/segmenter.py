@@ -210,6 +210,9 @@ def conversion_rules(model_config: ml_collections.ConfigDict, layout: str) -> Di
   if layout not in ("hf", "detectron2"):
     raise ValueError(f"layout must be 'hf' or 'detectron2', got {layout!r}")
   m = model_config
+  if m.backbone.get("norm", "frozen_bn") != "frozen_bn":
+    raise ValueError(f"config.model.backbone.norm={m.backbone.norm!r}: reference checkpoints have a frozen "
+                     "BatchNorm backbone; convert with norm='frozen_bn'")
   levels = [l for l in range(3) if m.pixel_decoder.conv_dim != m.hidden_dim or
             m.transformer_decoder.enforce_input_projection]
   rules = {}

@@ -52,7 +52,9 @@ class Segmenter(nn.Module):
     b = m.backbone
     if b.name != "resnet":
       raise ValueError(f"config.model.backbone.name: {b.name!r} is not supported (only 'resnet')")
-    features = ResNet(depth=b.depth, width=b.width, norm_eps=b.norm_eps, dtype=compute_dtype,
+    features = ResNet(depth=b.depth, width=b.width, norm_eps=b.norm_eps,
+                      norm=b.get("norm", "frozen_bn"), norm_groups=b.get("norm_groups", 32),
+                      dtype=compute_dtype,
                       param_dtype=param_dtype, name="backbone")(x)
     p = m.pixel_decoder
     mask_features, multi_scale = PixelDecoder(

@@ -8,6 +8,11 @@ strides 4, 8, 16, 32.
 Frozen BatchNorm: y = (x - mean) / sqrt(var + eps) * scale + bias with the running statistics
 stored as *parameters* (`mean`, `var` next to `scale`, `bias`) so one params tree holds a whole
 checkpoint; a trainer that fine-tunes the backbone must mask them out of the optimizer.
+
+`norm='group_norm'` replaces every frozen BatchNorm by a trainable GroupNorm (`norm_groups` groups) at
+the same place and name: for training a backbone from scratch (the synthetic demo), where frozen
+BatchNorm at its initial statistics is the identity and the residual stages would run un-normalised.
+Reference checkpoints are always `frozen_bn`.
 """
 
 from typing import Dict, Optional, Sequence
@@ -16,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+NORMS = ("frozen_bn", "group_norm")
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
@@ -42,6 +48,14 @@ class FrozenBatchNorm(nn.Module):
     return x * multiplier.astype(dtype) + shift.astype(dtype)
 
 
+def _norm(kind, groups, eps, dtype, param_dtype, name):
+  if kind == "frozen_bn":
+    return FrozenBatchNorm(eps, dtype, param_dtype, name=name)
+  if kind == "group_norm":
+    return nn.GroupNorm(num_groups=groups, epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
+  raise ValueError(f"config.model.backbone.norm: {kind!r} is not one of {NORMS}")
+
+
 def _conv(features, kernel, stride, name, dtype, param_dtype):
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
@@ -54,13 +68,15 @@ class ResNetBlock(nn.Module):
   stride: int
   bottleneck: bool
   norm_eps: float = 1e-5
+  norm: str = "frozen_bn"
+  norm_groups: int = 32
   dtype: Optional[jnp.dtype] = None
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     conv = lambda f, k, s, n: _conv(f, k, s, n, self.dtype, self.param_dtype)
-    norm = lambda n: FrozenBatchNorm(self.norm_eps, self.dtype, self.param_dtype, name=n)
+    norm = lambda n: _norm(self.norm, self.norm_groups, self.norm_eps, self.dtype, self.param_dtype, n)
     out_features = self.width * 4 if self.bottleneck else self.width
     if self.bottleneck:
       y = nn.relu(norm("norm1")(conv(self.width, 1, 1, "conv1")(x)))
@@ -79,6 +95,8 @@ class ResNet(nn.Module):
   depth: int = 50
   width: int = 64
   norm_eps: float = 1e-5
+  norm: str = "frozen_bn"      # frozen_bn (reference checkpoints) | group_norm (training from scratch).
+  norm_groups: int = 32
   dtype: Optional[jnp.dtype] = None
   param_dtype: jnp.dtype = jnp.float32
 
@@ -88,13 +106,15 @@ class ResNet(nn.Module):
     if self.depth not in STAGE_BLOCKS:
       raise ValueError(f"config.model.backbone.depth: {self.depth} is not one of {sorted(STAGE_BLOCKS)}")
     x = _conv(self.width, 7, 2, "stem_conv1", self.dtype, self.param_dtype)(x)
-    x = nn.relu(FrozenBatchNorm(self.norm_eps, self.dtype, self.param_dtype, name="stem_norm1")(x))
+    x = nn.relu(_norm(self.norm, self.norm_groups, self.norm_eps, self.dtype, self.param_dtype,
+                      "stem_norm1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     features = {}
     for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth]):
       for block in range(num_blocks):
         x = ResNetBlock(width=self.width * 2 ** stage, stride=2 if (block == 0 and stage > 0) else 1,
                         bottleneck=is_bottleneck(self.depth), norm_eps=self.norm_eps,
+                        norm=self.norm, norm_groups=self.norm_groups,
                         dtype=self.dtype, param_dtype=self.param_dtype,
                         name=f"res{stage + 2}_{block}")(x)
       features[f"res{stage + 2}"] = x
