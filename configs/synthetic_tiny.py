@@ -44,10 +44,11 @@ def get_config(variant: str = "segmenter+tracker"):
   d.pad_buckets = ((96, 96),)
   d.max_instances = 6
   d.coco_ratio = 0.0
-  d.synthetic_videos = 200
+  d.synthetic_videos = 2000
   d.synthetic_valid_videos = 20
   d.synthetic_frames = 24
   d.synthetic_size = 96
+  d.synthetic_radius_range = (0.15, 0.25)   # larger shapes than the default: 96 px frames.
   d.read_threads = 1
   d.prefetch = 2
 

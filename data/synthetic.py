@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,7 @@ from pycocotools import mask as mask_utils
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"},
               {"id": 4, "name": "star"}, {"id": 5, "name": "ring"})
 TEXTURES = ("solid", "stripes", "checker", "dots")
+RADIUS_RANGE = (0.1, 0.18)   # object radius as a fraction of the frame size (a shape's bounding half-size).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_objects: int,
-                    occluders: Sequence[Occluder]) -> List[ShapeObject]:
+                    occluders: Sequence[Occluder],
+                    radius_range: Tuple[float, float] = RADIUS_RANGE) -> List[ShapeObject]:
   """Samples a video's objects so that every event of the dataset is likely in every video."""
   num_objects = int(rng.integers(2, max_objects + 1))
   objects = []
@@ -130,7 +132,7 @@ def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_ob
   lookalike_frequency = float(rng.uniform(2.5, 5))
   num_lookalikes = int(rng.integers(2, 4)) if num_objects >= 3 and rng.uniform() < 0.8 else 0
   for index in range(num_objects):
-    radius = float(rng.uniform(0.1, 0.18) * size)
+    radius = float(rng.uniform(*radius_range) * size)
     margin = 1.6 * radius
     # Speed such that the object crosses the extended box about once or twice per video.
     crossing = (size + 2 * margin) / max(num_frames, 1)
@@ -142,7 +144,7 @@ def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_ob
     if index < num_lookalikes:
       category_id, colour = lookalike_class, np.clip(lookalike_colour + rng.uniform(-12, 12, 3), 0, 255)
       texture, frequency = lookalike_texture, lookalike_frequency
-      radius = float(size * 0.14 * rng.uniform(0.9, 1.1))
+      radius = float(size * 0.5 * (radius_range[0] + radius_range[1]) * rng.uniform(0.9, 1.1))
     else:
       category_id = int(rng.integers(1, len(CATEGORIES) + 1))
       colour = rng.uniform(30, 230, 3)
@@ -243,11 +245,17 @@ def _video_name(seed: int, split: str, index: int) -> str:
 
 
 def generate(out_dir: str, split: str, num_videos: int, seed: int, size: int = 128, num_frames: int = 24,
-             max_objects: int = 5, jpeg_quality: int = 92, first_video_id: int = 1) -> str:
-  """Writes `num_videos` videos of `num_frames` frames at `size` x `size`; returns the json path."""
+             max_objects: int = 5, jpeg_quality: int = 92, first_video_id: int = 1,
+             radius_range: Sequence[float] = RADIUS_RANGE) -> str:
+  """Writes `num_videos` videos of `num_frames` frames at `size` x `size`; returns the json path.
+  `radius_range`: (min, max) object radius as a fraction of `size` (objects that cross an occluder are
+  capped so that it hides them completely)."""
   if num_videos < 1 or num_frames < 1 or size < 16 or max_objects < 2:
     raise ValueError(f"need videos >= 1, frames >= 1, size >= 16, max_objects >= 2; got {num_videos}, "
                      f"{num_frames}, {size}, {max_objects}")
+  radius_range = tuple(float(r) for r in radius_range)
+  if len(radius_range) != 2 or not 0.0 < radius_range[0] <= radius_range[1] <= 0.5:
+    raise ValueError(f"radius_range must be (min, max) with 0 < min <= max <= 0.5, got {radius_range}")
   image_root = os.path.join(out_dir, split, "JPEGImages")
   videos, annotations = [], []
   for index in range(num_videos):
@@ -257,7 +265,7 @@ def generate(out_dir: str, split: str, num_videos: int, seed: int, size: int = 1
     os.makedirs(os.path.join(image_root, name), exist_ok=True)
     background = _background(rng, size)
     occluders = _random_occluders(rng, size)
-    objects = _random_objects(rng, size, num_frames, max_objects, occluders)
+    objects = _random_objects(rng, size, num_frames, max_objects, occluders, radius_range)
     segmentations = [[] for _ in objects]
     areas = [[] for _ in objects]
     bboxes = [[] for _ in objects]
@@ -319,9 +327,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="frames per video; thousands make long videos (streamed, constant image memory)")
   parser.add_argument("--max_objects", type=int, default=5, help="most annotated objects per video (>= 2)")
   parser.add_argument("--jpeg_quality", type=int, default=92, help="JPEG quality of the frames")
+  parser.add_argument("--radius_range", type=float, nargs=2, default=RADIUS_RANGE, metavar=("MIN", "MAX"),
+                      help="object radius range as a fraction of --size")
   args = parser.parse_args(argv)
   path = generate(args.out, args.split, args.videos, args.seed, size=args.size, num_frames=args.frames,
-                  max_objects=args.max_objects, jpeg_quality=args.jpeg_quality)
+                  max_objects=args.max_objects, jpeg_quality=args.jpeg_quality,
+                  radius_range=args.radius_range)
   print(path)
   return 0
 

@@ -107,7 +107,9 @@ def main(argv):
   print(f"step 1/5: generating {num_videos} held-out synthetic videos of {num_frames} frames "
         f"(seed {_SEED.value}) in {data_dir}")
   gt_json = synthetic.generate(data_dir, "valid", num_videos, seed=_SEED.value,
-                               size=config.data.synthetic_size, num_frames=num_frames)
+                               size=config.data.synthetic_size, num_frames=num_frames,
+                               radius_range=tuple(config.data.get("synthetic_radius_range",
+                                                                  synthetic.RADIUS_RANGE)))
   frames_dir = os.path.join(data_dir, "valid", "JPEGImages")
   with open(gt_json) as f:
     dataset = json.load(f)
