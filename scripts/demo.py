@@ -5,7 +5,8 @@ r"""O2VIS end to end on the built-in synthetic occlusion dataset, on a laptop CP
 
 Steps (each also available on its own, shown in brackets):
   1. generate a held-out synthetic split (objects enter late, leave and re-enter, hide behind occluders)
-     [python -m data.synthetic --out DIR --split valid --videos 20 --seed 20000 --size 96 --frames 24]
+     [python -m data.synthetic --out DIR --split valid --videos 20 --seed 20000 --size 96 --frames 24
+      --radius_range 0.15 0.25]   (size and radius range: the checkpoint config's data.synthetic_*)
   2. obtain a segmenter and trackers: the shipped checkpoint, or --train
      [python scripts/train.py --config configs/synthetic_tiny.py --workdir DIR]
   3. video inference with the full O2VIS and with the Table 3(a) training-free baselines
