@@ -7,7 +7,8 @@ Prints the metrics x100 (as papers report them); `--json_out` (alias `--json-out
 fractions under the keys AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl (-1 where
 undefined), plus AP_light/medium/heavy and AR_light/medium/heavy for OVIS and per_category_AP.
 `--zip` writes the archive the servers accept (results.json at its root); with `--gt` the results
-are validated first.
+are validated first. `--class_agnostic` scores with all categories merged into one (a diagnostic of
+segmentation + tracking without classification; o2vis_jax/evaluation/class_agnostic.py).
 """
 
 import json
@@ -29,6 +30,9 @@ _RESULTS = flags.DEFINE_string(
 _JSON_OUT = flags.DEFINE_string(
     "json_out", None, "Where to write the metrics as fractions (JSON); nothing written if unset.")
 flags.DEFINE_alias("json-out", "json_out")
+_CLASS_AGNOSTIC = flags.DEFINE_bool(
+    "class_agnostic", False, "Merge all categories into one before scoring (a track listed with several "
+    "categories counts once, at its best score). A diagnostic, not the official protocol.")
 _ZIP = flags.DEFINE_string(
     "zip", None, "Write the results as a server submission archive (results.json at its root) "
     "to this path.")
@@ -51,7 +55,12 @@ def main(argv):
   if _GT.value is None and _ZIP.value is None:
     raise app.UsageError("--gt is required unless only --zip is asked")
   try:
-    metrics = None if _GT.value is None else evaluation.evaluate(_GT.value, _RESULTS.value)
+    metrics = None
+    if _GT.value is not None:
+      gt, results = _GT.value, _RESULTS.value
+      if _CLASS_AGNOSTIC.value:
+        gt, results = evaluation.class_agnostic(gt, results)
+      metrics = evaluation.evaluate(gt, results)
     results = evaluation.read_results_file(_RESULTS.value) if _ZIP.value else None
   except evaluation.EvaluationInputError as error:
     raise SystemExit(f"error: {error}") from None

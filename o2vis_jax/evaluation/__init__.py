@@ -5,6 +5,7 @@ per-category AP); `instance_to_result`, `write_results`, `write_results_zip` wri
 evaluation servers accept.
 """
 
+from o2vis_jax.evaluation.class_agnostic import class_agnostic
 from o2vis_jax.evaluation.errors import EvaluationInputError
 from o2vis_jax.evaluation.evaluate import evaluate
 from o2vis_jax.evaluation.ground_truth import GroundTruth, load_ground_truth
@@ -14,7 +15,7 @@ from o2vis_jax.evaluation.results import (ground_truth_to_results, instance_to_r
                                           write_results_zip)
 
 __all__ = [
-    "EvaluationInputError", "GroundTruth", "METRIC_NAMES", "OCCLUSION_METRIC_NAMES", "evaluate",
+    "EvaluationInputError", "GroundTruth", "class_agnostic", "METRIC_NAMES", "OCCLUSION_METRIC_NAMES", "evaluate",
     "ground_truth_to_results", "instance_to_result", "load_ground_truth", "load_results",
     "read_results_file", "write_results", "write_results_zip",
 ]
