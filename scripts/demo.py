@@ -35,7 +35,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/o2vis_demo", "Where the data, re
 _CHECKPOINT = flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT, "A converted checkpoint directory "
                                   "(segmenter + tracker) to evaluate; ignored with --train.")
 _TRAIN = flags.DEFINE_bool("train", False, "Train the segmenter and trackers on the spot with "
-                           "configs/synthetic_tiny.py (into WORKDIR/train; tens of minutes on 2 cores) "
+                           "configs/synthetic_tiny.py (into WORKDIR/train; about an hour on 2 cores) "
                            "instead of using --checkpoint.")
 _VIDEOS = flags.DEFINE_integer("videos", 20, "Held-out synthetic videos to evaluate on.")
 _FRAMES = flags.DEFINE_integer("frames", 24, "Frames per held-out video.")

@@ -40,3 +40,19 @@ def test_demo_reduced(tmp_path):
     assert float(row[len(label):].split()[0]) == pytest.approx(100 * metrics[label]["AP"], abs=0.051)
   overlays = [p for p in os.listdir(tmp_path) if p.startswith("overlay")]
   assert overlays and os.path.getsize(tmp_path / overlays[0]) > 0
+
+
+def test_demo_default_split_o2vis_ahead_of_no_memory_baseline(tmp_path):
+  """The README's claim for the shipped checkpoint, on the demo's default held-out split (20 videos, seed
+  20000): the full O2VIS scores a higher AP than no memory + Hungarian (Table 3(a) row 1)."""
+  out = subprocess.run([sys.executable, os.path.join(_REPO, "scripts", "demo.py"), "--no_progress",
+                        "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900, cwd=_REPO)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  with open(tmp_path / "demo_metrics.json") as f:
+    metrics = json.load(f)
+  o2vis, no_memory = metrics["O2VIS (IOM + OHM + T_E + T_A)"], metrics["no memory + Hungarian"]
+  assert o2vis["AP"] > no_memory["AP"], (o2vis, no_memory)
+  assert o2vis["AR10"] > no_memory["AR10"], (o2vis, no_memory)
+  with open(tmp_path / "data" / "valid.json") as f:
+    assert len(json.load(f)["videos"]) == 20
