@@ -268,3 +268,29 @@ def test_evaluate_script_prints_the_table_and_writes_fractions(tmp_path):
   assert process.returncode == 1 and "Traceback" not in process.stderr
   assert f"error: results {results_path}: result 0" in process.stderr
   assert "3 segmentations, the video has 2 frames" in process.stderr
+
+
+def test_unreadable_or_malformed_json_files_are_named(tmp_path):
+  good_gt, good_results = tmp_path / "gt.json", tmp_path / "results.json"
+  good_gt.write_text(json.dumps(_gt()))
+  good_results.write_text(json.dumps([result(7, 1, 0.5, [TOP, TOP])]))
+  broken = tmp_path / "broken.json"
+  broken.write_text('{"videos": [')
+  missing = tmp_path / "missing.json"
+  cases = [(broken, good_results, f"ground truth {broken}: not valid JSON"),
+           (missing, good_results, f"ground truth {missing}: cannot be read"),
+           (good_gt, broken, f"results {broken}: not valid JSON"),
+           (good_gt, missing, f"results {missing}: cannot be read")]
+  for gt, results, message in cases:
+    with pytest.raises(evaluation.EvaluationInputError) as error:
+      evaluation.evaluate(str(gt), str(results))
+    assert message in str(error.value)
+  with pytest.raises(evaluation.EvaluationInputError, match="not valid JSON"):
+    evaluation.class_agnostic(str(broken), str(good_results))
+  archive = tmp_path / "submission.zip"
+  with zipfile.ZipFile(archive, "w") as z:
+    z.writestr("results.json", "[{")
+  with pytest.raises(evaluation.EvaluationInputError, match="submission.zip: results.json: not valid JSON"):
+    evaluation.evaluate(str(good_gt), str(archive))
+  # The good pair still scores.
+  assert 0.0 <= evaluation.evaluate(str(good_gt), str(good_results))["AP"] <= 1.0

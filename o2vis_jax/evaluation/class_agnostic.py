@@ -11,22 +11,16 @@ import json
 import os
 from typing import Tuple, Union
 
+from o2vis_jax.evaluation.errors import read_json
 from o2vis_jax.evaluation.results import read_results_file
 
 AGNOSTIC_CATEGORY = {"id": 1, "name": "object"}
 
 
-def _read_json(path_or_dict: Union[dict, str, os.PathLike]) -> dict:
-  if isinstance(path_or_dict, dict):
-    return path_or_dict
-  with open(path_or_dict) as f:
-    return json.load(f)
-
-
 def class_agnostic(ground_truth: Union[dict, str, os.PathLike],
                    results: Union[list, str, os.PathLike]) -> Tuple[dict, list]:
   """(annotation dict, results list) with one category; pass both to `evaluation.evaluate`."""
-  gt = dict(_read_json(ground_truth))
+  gt = dict(ground_truth if isinstance(ground_truth, dict) else read_json(ground_truth, "ground truth"))
   gt["annotations"] = [dict(a, category_id=AGNOSTIC_CATEGORY["id"]) for a in gt.get("annotations", [])]
   gt["categories"] = [dict(AGNOSTIC_CATEGORY)]
   if not isinstance(results, list):

@@ -9,14 +9,13 @@ per-frame `occlusion` labels ('no_occlusion' / 'slight_occlusion' / 'severe_occl
 """
 
 import dataclasses
-import json
 import math
 import numbers
 import os
 from typing import Union
 
 from o2vis_jax.evaluation import rle as rle_lib
-from o2vis_jax.evaluation.errors import EvaluationInputError
+from o2vis_jax.evaluation.errors import EvaluationInputError, read_json
 from o2vis_jax.evaluation.protocol import OCCLUSION_LABEL_SCORES
 from o2vis_jax.evaluation.tracks import Track, Video, mean_nonzero_area
 
@@ -128,8 +127,7 @@ def load_ground_truth(ground_truth: Union[dict, str, os.PathLike, "GroundTruth"]
   source = "<dict>"
   if not isinstance(ground_truth, dict):
     source = os.fspath(ground_truth)
-    with open(source) as f:
-      ground_truth = json.load(f)
+    ground_truth = read_json(source, "ground truth")
   where = f"ground truth {source}"
   _require(ground_truth, ("videos", "categories"), where)
   videos = {}

@@ -20,7 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from o2vis_jax.evaluation import rle as rle_lib
-from o2vis_jax.evaluation.errors import EvaluationInputError
+from o2vis_jax.evaluation.errors import EvaluationInputError, parse_json, read_json
 from o2vis_jax.evaluation.ground_truth import GroundTruth, load_ground_truth
 from o2vis_jax.evaluation.tracks import Track, mean_nonzero_area
 
@@ -111,9 +111,8 @@ def read_results_file(path: Union[str, os.PathLike]) -> list:
       if ARCHIVE_MEMBER not in archive.namelist():
         raise EvaluationInputError(
             f"results {path}: the archive has no {ARCHIVE_MEMBER} at its root")
-      return json.loads(archive.read(ARCHIVE_MEMBER))
-  with open(path) as f:
-    return json.load(f)
+      return parse_json(archive.read(ARCHIVE_MEMBER), f"results {path}: {ARCHIVE_MEMBER}")
+  return read_json(path, "results")
 
 
 def _load_result(entry, index: int, ground_truth: GroundTruth, where: str) -> Track:
