@@ -26,58 +26,33 @@ The frame 0 assignment is the identity; the reference uses Hung(e_0, e_0), which
 two rows of e_0 are parallel.
 """
 
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from o2vis_jax import association, matching
-from o2vis_jax.models.layers import MLP, resolve_dtype
-from o2vis_jax.models.tracker import (FFN, ReferringCrossAttention, SelfAttention, predict_heads,
-                                      run_referring_stack)
-
-Dtype = Any
+from o2vis_jax.models import tracker as tracker_lib
 
 
-class TrackerE(nn.Module):
+class TrackerE(tracker_lib.ReferringTrackerBase):
   """T_E with its own query projection `ref_proj_E` and the heads. Use through `bind`."""
-  hidden_dim: int
-  num_classes: int
   num_layers: int = 6
-  num_heads: int = 8
-  ffn_dim: int = 2048
-  dtype: Optional[Dtype] = None
-  param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    layers = lambda make: [make() for _ in range(self.num_layers)]
-    self.transformer_cross_attention_layers_E = layers(lambda: ReferringCrossAttention(self.num_heads, **kw))
-    self.transformer_self_attention_layers_E = layers(lambda: SelfAttention(self.num_heads, **kw))
-    self.transformer_ffn_layers_E = layers(lambda: FFN(self.ffn_dim, **kw))
-    self.ref_proj_E = MLP(self.hidden_dim, self.hidden_dim, 3, **kw)
-    self.decoder_norm = nn.LayerNorm(epsilon=1e-5, **kw)  # PyTorch's eps.
-    self.class_embed = nn.Dense(self.num_classes + 1, **kw)
-    self.mask_embed = MLP(self.hidden_dim, self.hidden_dim, 3, **kw)
+    (self.transformer_cross_attention_layers_E, self.transformer_self_attention_layers_E,
+     self.transformer_ffn_layers_E) = self.referring_blocks()
+    self.ref_proj_E = self.query_projection()
+    self.setup_heads()
 
   def run_stack(self, kv: jax.Array, anchor: Optional[jax.Array] = None, use_anchor=None) -> jax.Array:
     """SelfRef_E(kv) (anchor None) or Anchor_E(anchor; kv): the L layer outputs [L, N, C].
 
     use_anchor: optional traced bool choosing anchor (True) or self mode (False) at run time.
     """
-    return run_referring_stack(self.transformer_cross_attention_layers_E,
-                               self.transformer_self_attention_layers_E, self.transformer_ffn_layers_E,
-                               self.ref_proj_E, kv, anchor, use_anchor)
-
-  def normed(self, x):
-    """LN_d, the decoder norm."""
-    return self.decoder_norm(x)
-
-  def predict(self, x, mask_features):
-    """(class logits [..., N, K+1], mask logits [..., N, h, w]) of T_E outputs x [..., N, C]."""
-    return predict_heads(self.decoder_norm, self.class_embed, self.mask_embed, x, mask_features)
+    return tracker_lib.run_referring_stack(
+        self.transformer_cross_attention_layers_E, self.transformer_self_attention_layers_E,
+        self.transformer_ffn_layers_E, self.ref_proj_E, kv, anchor, use_anchor)
 
   def __call__(self, kv, mask_features):
     """Touches every parameter (for `init`)."""
@@ -86,29 +61,12 @@ class TrackerE(nn.Module):
 
 def build(config) -> TrackerE:
   """T_E of `config` (`config.tracker.num_layers` layers; 6 in the reference T_E-only model)."""
-  return TrackerE(hidden_dim=config.model.hidden_dim, num_classes=config.model.num_classes,
-                  num_layers=config.tracker.num_layers, num_heads=config.tracker.num_heads,
-                  ffn_dim=config.tracker.ffn_dim, dtype=resolve_dtype(config.tracker.get("dtype")),
-                  param_dtype=resolve_dtype(config.tracker.get("param_dtype", "float32")))
+  return TrackerE.from_config(config)
 
 
 def init_params(config, rng: jax.Array):
-  """Fresh T_E params: Xavier-uniform kernels, zero biases, unit norm scales (as `tracker.init_params`)."""
-  model = build(config)
-  c = config.model.hidden_dim
-  shapes = jax.eval_shape(model.init, rng, jnp.zeros((4, c)), jnp.zeros((2, 2, c)))["params"]
-  seed = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
-                    else rng).astype(np.uint32)
-  generator = np.random.default_rng(seed.tolist())
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      bound = np.sqrt(6.0 / sum(leaf.shape))
-      return jnp.asarray(generator.uniform(-bound, bound, leaf.shape), leaf.dtype)
-    return jnp.full(leaf.shape, 1.0 if name == "scale" else 0.0, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
+  """Fresh T_E params: Xavier-uniform kernels, zero biases, unit norm scales (`tracker.xavier_params`)."""
+  return tracker_lib.xavier_params(build(config), rng, config.model.hidden_dim)
 
 
 def te_only_step(tracker: TrackerE, options, train: bool, carry, frame: Dict[str, jax.Array]):

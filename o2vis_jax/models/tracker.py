@@ -100,8 +100,10 @@ def predict_heads(decoder_norm, class_embed, mask_embed, x, mask_features):
   return class_embed(normed), masks
 
 
-class Tracker(nn.Module):
-  """T_E and T_A with their shared heads. Call the methods through `model.bind({'params': params})`."""
+class ReferringTrackerBase(nn.Module):
+  """Fields, layer stacks and heads shared by the referring trackers (`Tracker` here, the T_E-only
+  model's `te_only.TrackerE`). Subclasses assign `referring_blocks()` to their `transformer_*_layers_X`
+  attributes and call `setup_heads()` in `setup`."""
   hidden_dim: int
   num_classes: int
   num_layers: int = 3
@@ -110,19 +112,58 @@ class Tracker(nn.Module):
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
 
-  def setup(self):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+  def _kw(self):
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def referring_blocks(self):
+    """(cross-attention, self-attention, FFN) layer lists of one tracker, `num_layers` each."""
+    kw = self._kw()
     layers = lambda make: [make() for _ in range(self.num_layers)]
-    self.transformer_cross_attention_layers_E = layers(lambda: ReferringCrossAttention(self.num_heads, **kw))
-    self.transformer_self_attention_layers_E = layers(lambda: SelfAttention(self.num_heads, **kw))
-    self.transformer_ffn_layers_E = layers(lambda: FFN(self.ffn_dim, **kw))
-    self.transformer_cross_attention_layers_A = layers(lambda: ReferringCrossAttention(self.num_heads, **kw))
-    self.transformer_self_attention_layers_A = layers(lambda: SelfAttention(self.num_heads, **kw))
-    self.transformer_ffn_layers_A = layers(lambda: FFN(self.ffn_dim, **kw))
-    self.ref_proj = MLP(self.hidden_dim, self.hidden_dim, 3, **kw)
+    return (layers(lambda: ReferringCrossAttention(self.num_heads, **kw)),
+            layers(lambda: SelfAttention(self.num_heads, **kw)),
+            layers(lambda: FFN(self.ffn_dim, **kw)))
+
+  def query_projection(self):
+    return MLP(self.hidden_dim, self.hidden_dim, 3, **self._kw())
+
+  def setup_heads(self):
+    kw = self._kw()
     self.decoder_norm = nn.LayerNorm(epsilon=1e-5, **kw)  # PyTorch's eps.
     self.class_embed = nn.Dense(self.num_classes + 1, **kw)
     self.mask_embed = MLP(self.hidden_dim, self.hidden_dim, 3, **kw)
+
+  def normed(self, x):
+    """LN_d, the shared decoder norm."""
+    return self.decoder_norm(x)
+
+  def class_logits(self, x):
+    """class_embed(LN_d(x)): [..., N, K+1]."""
+    return self.class_embed(self.decoder_norm(x))
+
+  def predict(self, x, mask_features):
+    """(class logits [..., N, K+1], mask logits [..., N, h, w]) of tracker outputs x [..., N, C] with
+    mask_features [h, w, C] (broadcast over the leading axes of x)."""
+    return predict_heads(self.decoder_norm, self.class_embed, self.mask_embed, x, mask_features)
+
+  @classmethod
+  def from_config(cls, config):
+    """The tracker of `config` (tracker section plus the segmenter's hidden_dim / num_classes)."""
+    return cls(hidden_dim=config.model.hidden_dim, num_classes=config.model.num_classes,
+               num_layers=config.tracker.num_layers, num_heads=config.tracker.num_heads,
+               ffn_dim=config.tracker.ffn_dim, dtype=resolve_dtype(config.tracker.get("dtype")),
+               param_dtype=resolve_dtype(config.tracker.get("param_dtype", "float32")))
+
+
+class Tracker(ReferringTrackerBase):
+  """T_E and T_A with their shared heads. Call the methods through `model.bind({'params': params})`."""
+
+  def setup(self):
+    (self.transformer_cross_attention_layers_E, self.transformer_self_attention_layers_E,
+     self.transformer_ffn_layers_E) = self.referring_blocks()
+    (self.transformer_cross_attention_layers_A, self.transformer_self_attention_layers_A,
+     self.transformer_ffn_layers_A) = self.referring_blocks()
+    self.ref_proj = self.query_projection()
+    self.setup_heads()
 
   def _layers(self, which):
     if which not in TRACKERS:
@@ -144,19 +185,6 @@ class Tracker(nn.Module):
     cross, self_attention, ffn = self._layers(which)
     return run_referring_stack(cross, self_attention, ffn, self.ref_proj, kv, anchor, use_anchor)
 
-  def normed(self, x):
-    """LN_d, the shared decoder norm."""
-    return self.decoder_norm(x)
-
-  def class_logits(self, x):
-    """class_embed(LN_d(x)): [..., N, K+1]."""
-    return self.class_embed(self.decoder_norm(x))
-
-  def predict(self, x, mask_features):
-    """(class logits [..., N, K+1], mask logits [..., N, h, w]) of tracker outputs x [..., N, C] with
-    mask_features [h, w, C] (broadcast over the leading axes of x)."""
-    return predict_heads(self.decoder_norm, self.class_embed, self.mask_embed, x, mask_features)
-
   def __call__(self, kv, mask_features):
     """Touches every parameter (for `init`): both trackers in self and anchor mode, and the heads."""
     e = self.run_stack("E", kv)
@@ -166,21 +194,15 @@ class Tracker(nn.Module):
 
 def build(config) -> Tracker:
   """The tracker of `config` (tracker section plus the segmenter's hidden_dim / num_classes / dtypes)."""
-  return Tracker(hidden_dim=config.model.hidden_dim, num_classes=config.model.num_classes,
-                 num_layers=config.tracker.num_layers, num_heads=config.tracker.num_heads,
-                 ffn_dim=config.tracker.ffn_dim, dtype=resolve_dtype(config.tracker.get("dtype")),
-                 param_dtype=resolve_dtype(config.tracker.get("param_dtype", "float32")))
+  return Tracker.from_config(config)
 
 
-def init_params(config, rng: jax.Array, dtype=jnp.float32):
-  """A fresh tracker params tree (the tracker's own, separate from the segmenter's).
-
-  Xavier-uniform kernels, zero biases, unit LayerNorm scales (the reference trackers' reset: xavier for
-  every weight matrix). Values are drawn with NumPy from a seed taken from `rng`: the shapes come from
-  `jax.eval_shape`, because compiling ~170 threefry draws in one XLA program takes tens of seconds on CPU.
-  """
-  model = build(config)
-  c = config.model.hidden_dim
+def xavier_params(model: nn.Module, rng: jax.Array, hidden_dim: int, dtype=jnp.float32):
+  """Fresh params of a referring tracker `model`: Xavier-uniform kernels, zero biases, unit LayerNorm
+  scales (the reference trackers' reset: xavier for every weight matrix). Values are drawn with NumPy
+  from a seed taken from `rng`: the shapes come from `jax.eval_shape`, because compiling ~170 threefry
+  draws in one XLA program takes tens of seconds on CPU."""
+  c = hidden_dim
   shapes = jax.eval_shape(model.init, rng, jnp.zeros((4, c), dtype), jnp.zeros((2, 2, c), dtype))["params"]
   seed = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
                     else rng).astype(np.uint32)
@@ -199,3 +221,8 @@ def init_params(config, rng: jax.Array, dtype=jnp.float32):
     return jnp.asarray(value, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def init_params(config, rng: jax.Array, dtype=jnp.float32):
+  """A fresh tracker params tree (the tracker's own, separate from the segmenter's); `xavier_params`."""
+  return xavier_params(build(config), rng, config.model.hidden_dim, dtype)
