@@ -13,6 +13,7 @@ of any length needs the memory of one frame (except an animated GIF, which Pillo
 """
 
 import colorsys
+import importlib.util
 import logging
 import os
 from typing import Iterable, List, Optional, Sequence
@@ -80,13 +81,7 @@ def overlay_frame(frame: np.ndarray, masks: np.ndarray, identities: Sequence[int
 
 def ffmpeg_available() -> bool:
   """Whether imageio can write mp4 here (imageio-ffmpeg or PyAV installed)."""
-  for module in ("imageio_ffmpeg", "av"):
-    try:
-      __import__(module)
-      return True
-    except ImportError:
-      pass
-  return False
+  return any(importlib.util.find_spec(module) is not None for module in ("imageio_ffmpeg", "av"))
 
 
 class OverlayWriter:

@@ -147,15 +147,20 @@ def test_file_conversion_writes_a_loadable_checkpoint(tmp_path):
   assert jax.tree.structure(loaded_params) == jax.tree.structure(params)
 
 
+def _write_model_pickle(path, state_dict):
+  """A detectron2-style checkpoint file {'model': state_dict}; returns its path."""
+  with open(path, "wb") as f:
+    pickle.dump({"model": state_dict}, f)
+  return path
+
+
 def test_whole_lomm_checkpoint_converts_segmenter_and_tracker(tmp_path):
   import reference_numpy
   state_dict, _, _ = segmenter_fixture.load()
   checkpoint = segmenter_fixture.hf_to_detectron2(state_dict)
   tracker = reference_numpy.random_state_dict(np.random.default_rng(0), 32, 5, 64, num_layers=3)
   checkpoint.update({f"tracker.{k}": np.asarray(v, np.float32) for k, v in tracker.items()})
-  path = tmp_path / "lomm.pkl"
-  with open(path, "wb") as f:
-    pickle.dump({"model": checkpoint}, f)
+  path = _write_model_pickle(tmp_path / "lomm.pkl", checkpoint)
   config, params = cc.convert_file(str(path), num_heads=4)
   assert sorted(params) == ["segmenter", "tracker"]
   assert config.tracker.num_layers == 3 and config.tracker.num_heads == 4
@@ -164,8 +169,7 @@ def test_whole_lomm_checkpoint_converts_segmenter_and_tracker(tmp_path):
   # A tracker trained for other classes than the segmenter is refused by name.
   checkpoint["tracker.class_embed.weight"] = np.zeros((4, 32), np.float32)
   checkpoint["tracker.class_embed.bias"] = np.zeros(4, np.float32)
-  with open(path, "wb") as f:
-    pickle.dump({"model": checkpoint}, f)
+  _write_model_pickle(path, checkpoint)
   with pytest.raises(cc.ConversionError, match="num_classes 3, the segmenter has 5"):
     cc.convert_file(str(path), num_heads=4)
 
@@ -191,9 +195,7 @@ def test_whole_te_only_checkpoint_converts_segmenter_and_tracker_e(tmp_path):
   checkpoint = segmenter_fixture.hf_to_detectron2(state_dict)
   tracker = reference_numpy_te.random_state_dict(np.random.default_rng(1), 32, 5, 64, num_layers=2)
   checkpoint.update({f"tracker_E.{k}": np.asarray(v, np.float32) for k, v in tracker.items()})
-  path = tmp_path / "lomm_e.pkl"
-  with open(path, "wb") as f:
-    pickle.dump({"model": checkpoint}, f)
+  path = _write_model_pickle(tmp_path / "lomm_e.pkl", checkpoint)
   config, params = cc.convert_file(str(path), num_heads=4)
   assert config.tracker.mode == "te_only" and config.tracker.num_layers == 2
   assert "ref_proj_E" in params["tracker"] and "ref_proj" not in params["tracker"]

@@ -13,13 +13,18 @@ from o2vis_jax import evaluation
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run_demo(workdir, *flags):
+  """scripts/demo.py with the shipped checkpoint into `workdir`; the finished process."""
+  out = subprocess.run([sys.executable, os.path.join(_REPO, "scripts", "demo.py"), *flags, "--no_progress",
+                        "--workdir", str(workdir)], capture_output=True, text=True, timeout=900, cwd=_REPO)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out
+
+
 def test_demo_reduced(tmp_path):
   checkpoint = os.path.join(_REPO, "assets", "synthetic_tiny")
   assert os.path.isfile(os.path.join(checkpoint, "config.json")), "the shipped demo checkpoint is missing"
-  out = subprocess.run([sys.executable, os.path.join(_REPO, "scripts", "demo.py"), "--reduced",
-                        "--no_progress", "--workdir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=900, cwd=_REPO)
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  out = _run_demo(tmp_path, "--reduced")
   lines = out.stdout.splitlines()
   header = next(i for i, line in enumerate(lines) if line.startswith("method"))
   assert lines[header].split()[1:] == ["AP", "AP50", "AP75", "AR1", "AR10"]
@@ -45,10 +50,7 @@ def test_demo_reduced(tmp_path):
 def test_demo_default_split_o2vis_ahead_of_no_memory_baseline(tmp_path):
   """The README's claim for the shipped checkpoint, on the demo's default held-out split (20 videos, seed
   20000): the full O2VIS scores a higher AP than no memory + Hungarian (Table 3(a) row 1)."""
-  out = subprocess.run([sys.executable, os.path.join(_REPO, "scripts", "demo.py"), "--no_progress",
-                        "--workdir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=900, cwd=_REPO)
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  _run_demo(tmp_path)
   with open(tmp_path / "demo_metrics.json") as f:
     metrics = json.load(f)
   o2vis, no_memory = metrics["O2VIS (IOM + OHM + T_E + T_A)"], metrics["no memory + Hungarian"]

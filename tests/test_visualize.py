@@ -77,23 +77,26 @@ def test_overlay_colour_follows_identity_not_order(tmp_path):
       np.testing.assert_array_equal(a[7, 9], [50, 50, 50])   # null segmentation: not drawn
 
 
-def test_writer_formats(tmp_path):
+def test_writer_formats(tmp_path, monkeypatch):
   frames = [np.full((8, 8, 3), 30 * i, np.uint8) for i in range(4)]
   with visualize.OverlayWriter(str(tmp_path / "v.gif"), fps=4) as writer:
     for f in frames:
       writer.write(f)
   with Image.open(writer.path) as gif:
     assert gif.n_frames == 4
+  assert visualize.ffmpeg_available()   # imageio-ffmpeg is pinned in requirements.txt.
   with visualize.OverlayWriter(str(tmp_path / "v.mp4"), fps=4) as writer:
     for f in frames:
       writer.write(f)
-  if visualize.ffmpeg_available():
-    assert writer.kind == "video" and os.path.getsize(writer.path) > 0
-  else:   # falls back to PNG frames next to the requested path
-    assert writer.path == str(tmp_path / "v_frames")
-    assert sorted(os.listdir(writer.path)) == [f"{i:05d}.png" for i in range(4)]
-    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(writer.path, "00002.png"))),
-                                  frames[2])
+  assert writer.kind == "video" and os.path.getsize(writer.path) > 0
+  # Without an mp4 backend: PNG frames next to the requested path.
+  monkeypatch.setattr(visualize, "ffmpeg_available", lambda: False)
+  with visualize.OverlayWriter(str(tmp_path / "w.mp4"), fps=4) as writer:
+    for f in frames:
+      writer.write(f)
+  assert writer.kind == "png" and writer.path == str(tmp_path / "w_frames")
+  assert sorted(os.listdir(writer.path)) == [f"{i:05d}.png" for i in range(4)]
+  np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(writer.path, "00002.png"))), frames[2])
 
 
 def test_png_masks_indexed_higher_score_on_top(tmp_path):
