@@ -54,13 +54,13 @@ def frozen_mask(params: Any) -> Any:
   """True for parameters that never train: the backbone's frozen BatchNorm (scale, bias, mean, var),
   which detectron2 keeps as buffers. A backbone GroupNorm (`backbone.norm='group_norm'`: no `mean`/`var`
   next to its scale and bias) trains."""
-  flat = {_path_names(path): None for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  paths = {_path_names(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
 
   def frozen(path, _):
     names = _path_names(path).split("/")
     module = "/".join(names[:-1])
     return ("backbone" in names and any("norm" in n for n in names[:-1])
-            and f"{module}/var" in flat and f"{module}/mean" in flat)
+            and {f"{module}/mean", f"{module}/var"} <= paths)
   return jax.tree_util.tree_map_with_path(frozen, params)
 
 
