@@ -1,4 +1,4 @@
-"""The tiny config used by the unit tests: every section shrunk (configs/parts/*.tiny)."""
+"""The tiny config used by the unit tests: every section shrunk (`o2vis_jax.defaults.make_tiny`)."""
 
 from configs import base
 

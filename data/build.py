@@ -6,14 +6,15 @@
   python -m data.synthetic --out /tmp/synth --split train --videos 200 --seed 0 && \
   python -m data.build --dataset synthetic --data_dir /tmp/synth --out /tmp/built
 
-Prints the built dataset directory (the value for `config.data.data_dir`).
+Prints the built dataset directory (the value for `config.data.data_dir`). The command line of
+`o2vis_jax.datasets.builders`, where the builders live.
 """
 
 import argparse
 import sys
 from typing import Optional, Sequence
 
-from data import builders
+from o2vis_jax.datasets import builders
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -5,18 +5,19 @@ masked by `frame_valid`). One jitted function per (chunk, input size, output siz
 on the chunk as a batch, then `lax.scan` of the tracker frame step carrying the memory from the
 previous chunk; so one compilation serves every video length and device memory does not grow with T.
 Per chunk, only the slots' class logits and their binarised full-resolution masks (bit-packed) leave
-the device; the host keeps a running sum of the logits and the masks as RLE (pycocotools), of every
-slot, since any slot can still enter the top-k. After the last chunk, REFERENCE.md 8.3-8.4:
-
-  mean logits over the video's frames -> softmax -> no-object dropped -> top-k over (slot x class).
+the device; the host keeps the association method's video-level score accumulator (`Method.score_init`
+/ `score_update`; O2VIS's: a running sum of the logits) and the masks as RLE (pycocotools), of every
+slot, since any slot can still enter the top-k. After the last chunk the method scores the video
+(`Method.score_instances`; O2VIS, REFERENCE.md 8.3-8.4: mean logits over the video's frames -> softmax
+-> no-object dropped -> top-k over (slot x class)).
 
 Masks (REFERENCE.md 8.4): each slot's mask logits are resized bilinearly (PyTorch align_corners=False,
 no antialiasing) to the padded input size, cropped to the resized image, resized bilinearly to the
 original size and thresholded at 0. The three steps are linear per axis, so they are one matrix per
 axis (`mask_resize_matrices`) applied on device: masks = (M_y @ logits @ M_x^T) > 0.
 
-The same loop runs the training-free baselines of Table 3(a) (segmenter only,
-`config.tracker.mode = 'baseline'`), whose scan re-orders the segmenter's outputs into slots.
+The same loop runs every association method (`config.association.method`): the chunk gives the method
+the segmenter outputs it declares in `required_inputs` and runs `association.run_chunk` on them.
 """
 
 import dataclasses
@@ -27,11 +28,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pycocotools import mask as mask_util
 
-from o2vis_jax import models, te_only, video_io, video_model
+from o2vis_jax import association, models, video_io
 from o2vis_jax.evaluation import results as results_lib
-from o2vis_jax.models import tracker as tracker_lib
+from o2vis_jax.evaluation import rle as rle_lib
 from o2vis_jax.models.resize import interpolation_matrix
 
 Array = Any
@@ -79,35 +79,10 @@ def encode_rle(masks: np.ndarray) -> List[dict]:
   return results_lib.encode_masks(masks)
 
 
-def decode_rle(rle: dict) -> np.ndarray:
-  """A COCO RLE (counts str or bytes) -> bool [H, W]."""
-  return mask_util.decode(rle).astype(bool)
+# Video-level scores: the association method's (`association.base`); O2VIS's default is REFERENCE.md 8.3.
 
-
-# --------------------------------------------------------------------------------------------------
-# Video-level scores (REFERENCE.md 8.3-8.4).
-
-def class_probabilities(mean_logits: np.ndarray) -> np.ndarray:
-  """softmax over K+1 of the mean logits, the no-object column dropped: [N, K] (float64)."""
-  logits = np.asarray(mean_logits, np.float64)
-  probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-  probs /= probs.sum(axis=-1, keepdims=True)
-  return probs[:, :-1]
-
-
-def video_topk(mean_logits: np.ndarray, max_num: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Top-k (slot, class) pairs from the mean over frames of each slot's logits [N, K+1].
-
-  P = softmax(mean_logits)[:, :K] (no-object dropped); flatten index = slot * K + class; the k
-  largest, sorted by decreasing score (ties: lower flat index first). One slot may appear with
-  several classes. Returns (scores [k], labels [k] in 0..K-1, slots [k]).
-  """
-  probs = class_probabilities(mean_logits)
-  num_classes = probs.shape[-1]
-  flat = probs.reshape(-1)
-  k = min(max_num, flat.size)
-  order = np.argsort(-flat, kind="stable")[:k]
-  return flat[order], order % num_classes, order // num_classes
+class_probabilities = association.class_probabilities
+video_topk = association.video_topk
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,34 +90,37 @@ def video_topk(mean_logits: np.ndarray, max_num: int) -> Tuple[np.ndarray, np.nd
 
 @dataclasses.dataclass
 class VideoPrediction:
-  """What inference keeps of one video: O(N x classes) numbers plus the RLEs of every slot."""
-  mean_logits: np.ndarray             # [N, K+1], mean over the video's frames
-  slot_rles: List[List[dict]]         # [N][T] RLE of each slot's mask in each frame
+  """What inference keeps of one video: the method's score accumulator plus the RLEs of every slot."""
+  slot_rles: List[List[dict]]         # [S][T] RLE of each slot's mask in each frame
   height: int
   width: int
-  frame_logits: Optional[np.ndarray] = None        # [T, N, K+1] when asked for (tests, analysis)
-  frame_mask_logits: Optional[np.ndarray] = None   # [T, N, h, w] when asked for
+  score_instances: Callable[[int], List[dict]]      # max_num -> [{'score', 'label', 'slot'}]
+  mean_logits: Optional[np.ndarray] = None         # [S, K+1], mean over the video's frames (if kept)
+  frame_logits: Optional[np.ndarray] = None        # [T, S, K+1] when asked for (tests, analysis)
+  frame_mask_logits: Optional[np.ndarray] = None   # [T, S, h, w] when asked for
 
   @property
   def num_frames(self) -> int:
     return len(self.slot_rles[0]) if self.slot_rles else 0
 
   def instances(self, max_num: int) -> List[dict]:
-    """Top-k instances: dicts score, label (0..K-1), identity (the slot), segmentations [T] RLE."""
-    scores, labels, slots = video_topk(self.mean_logits, max_num)
-    return [dict(score=float(s), label=int(l), identity=int(n), segmentations=self.slot_rles[n])
-            for s, l, n in zip(scores, labels, slots)]
+    """Top-k instances by the method's scoring: dicts score, label (0..K-1), identity (the slot),
+    segmentations [T] RLE."""
+    return [dict(score=inst["score"], label=inst["label"], identity=inst["slot"],
+                 segmentations=self.slot_rles[inst["slot"]]) for inst in self.score_instances(max_num)]
 
   def slot_instances(self) -> List[dict]:
-    """Every slot as an instance (its best class), for visualising all tracks."""
+    """Every slot as an instance (its best class by the mean logits), for visualising all tracks."""
+    if self.mean_logits is None:
+      raise ValueError("this association method keeps no per-slot mean logits")
     probs = class_probabilities(self.mean_logits)
     best = np.argmax(probs, axis=-1)
     return [dict(score=float(probs[n, best[n]]), label=int(best[n]), identity=n,
                  segmentations=self.slot_rles[n]) for n in range(len(self.slot_rles))]
 
   def slot_masks(self, frame_index: int) -> np.ndarray:
-    """bool [N, H, W]: every slot's mask in one frame."""
-    return np.stack([decode_rle(rles[frame_index]) for rles in self.slot_rles])
+    """bool [S, H, W]: every slot's mask in one frame."""
+    return np.stack([rle_lib.decode_mask(rles[frame_index]) for rles in self.slot_rles])
 
 
 def to_results(instances: Sequence[dict], video_id: int,
@@ -184,57 +162,55 @@ def predict_dataset(predictor: "VideoPredictor", dataset: dict, frames_dir: str,
 
 
 # --------------------------------------------------------------------------------------------------
-# The model of one chunk: segmenter on the chunk as a batch, then the scan of the tracker step.
+# The model of one chunk: segmenter on the chunk as a batch, then the scan of the association step.
 
 def model_for_config(config, mask_padding: bool = False) -> Tuple[Callable, Callable]:
-  """(chunk_model, init_carry) of `config`: O2VIS trackers, or a baseline (`config.tracker.mode`).
+  """(chunk_model, init_state) of `config`'s association method (`config.association.method`).
 
-  params = {'segmenter': ..., 'tracker': ...} ('tracker' unused by the baselines).
-  mask_padding: pass the padding mask to the segmenter (`Segmenter`'s `pixel_valid`); False, the
-  default, is what the reference does (it pads to a multiple of 32 and ignores the padding).
+  params = {'segmenter': ..., 'tracker': ...} ('tracker': the method's params; absent for a method
+  without any). mask_padding: pass the padding mask to the segmenter (`Segmenter`'s `pixel_valid`);
+  False, the default, is what the reference does (it pads to a multiple of 32 and ignores the padding).
   """
   segmenter = models.build_segmenter(config)
-  options = video_model.resolve_options(config.tracker)
-  baseline = options.mode == "baseline"
+  method = association.method_of(config)
+  unknown = [k for k in method.required_inputs if k not in association.STANDARD_INPUTS]
+  if unknown:
+    raise ValueError(f"association method {method.name!r} needs inputs {unknown} that video inference "
+                     f"does not produce (it gives {association.STANDARD_INPUTS})")
   segmenter_dtype = jnp.dtype(config.model.dtype)
+  kept = tuple(dict.fromkeys(("pred_logits", "pred_masks") + tuple(method.score_inputs)))
 
-  def carry_dtype(params):
-    if baseline:
-      return segmenter_dtype
-    return video_model.carry_dtype(config, params["tracker"], segmenter_dtype)
+  def state_dtype(params):
+    return method.state_dtype(config, params.get("tracker"), segmenter_dtype)
 
-  def chunk_model(params, carry, images, pixel_valid, frame_valid):
+  def chunk_model(params, state, images, pixel_valid, frame_valid):
     out = segmenter.apply({"params": params["segmenter"]}, images,
                           pixel_valid if mask_padding else None)
-    dtype = carry_dtype(params)
-    frames = dict(embeds=out["pred_embds"].astype(dtype), valid=frame_valid)
-    if baseline:
-      frames.update(segmenter_logits=out["pred_logits"], segmenter_masks=out["pred_masks"])
-      tracker_params = None
-    else:
-      frames.update(embeds_without_norm=out["pred_embds_without_norm"].astype(dtype),
-                    mask_features=out["mask_features"].astype(dtype))
-      tracker_params = params["tracker"]
-    if options.mode == "te_only":   # T_E-only re-orders the segmenter's own predictions.
-      frames.update(segmenter_logits=out["pred_logits"], segmenter_masks=out["pred_masks"])
-    carry, tracked = video_model.run_chunk(config, tracker_params, carry, frames)
-    return carry, dict(pred_logits=tracked["pred_logits"], pred_masks=tracked["pred_masks"])
+    dtype = state_dtype(params)
+    available = dict(embeds=lambda: out["pred_embds"].astype(dtype),
+                     embeds_without_norm=lambda: out["pred_embds_without_norm"].astype(dtype),
+                     mask_features=lambda: out["mask_features"].astype(dtype),
+                     logits=lambda: out["pred_logits"], masks=lambda: out["pred_masks"])
+    frames = {k: available[k]() for k in method.required_inputs}
+    frames["valid"] = frame_valid
+    state, tracked = association.run_chunk(config, params.get("tracker"), state, frames)
+    return state, {k: tracked[k] for k in kept}
 
-  def init_carry(params, images, pixel_valid):
+  def init_state(params, images, pixel_valid):
     del images, pixel_valid
-    return video_model.init_carry(config.model.num_queries, config.model.hidden_dim,
-                                  carry_dtype(params))
+    return method.init_state(config, num_queries=config.model.num_queries,
+                             hidden_dim=config.model.hidden_dim, dtype=state_dtype(params))
 
-  return chunk_model, init_carry
+  return chunk_model, init_state
 
 
 def init_params(config, seed: int = 0) -> Dict[str, Any]:
   """Random {'segmenter', 'tracker'} parameters of `config`, for smoke tests and benchmarks.
 
-  The tracker's own `init_params`. The segmenter's shapes come from its `init` under
-  `jax.eval_shape` (traced, not compiled: its init program takes a minute to compile on a small
-  CPU), the values are drawn with NumPy: kernels normal / sqrt(fan_in), embeddings standard normal,
-  norm scales and variances near 1, biases small.
+  'tracker': the association method's own `init_params` ({} for a training-free method). The
+  segmenter's shapes come from its `init` under `jax.eval_shape` (traced, not compiled: its init
+  program takes a minute to compile on a small CPU), the values are drawn with NumPy: kernels normal /
+  sqrt(fan_in), embeddings standard normal, norm scales and variances near 1, biases small.
   """
   segmenter_key, tracker_key = jax.random.split(jax.random.PRNGKey(seed))
   images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
@@ -254,27 +230,31 @@ def init_params(config, seed: int = 0) -> Dict[str, Any]:
       value = 0.1 * rng.standard_normal(shape)
     return jnp.asarray(value, leaf.dtype)
 
+  method = association.method_of(config)
   return dict(segmenter=jax.tree_util.tree_map_with_path(draw, shapes),
-              tracker=(te_only.init_params(config, tracker_key)
-                       if config.tracker.get("mode", "trackers") == "te_only"
-                       else tracker_lib.init_params(config, tracker_key)))
+              tracker=method.init_params(config, tracker_key, num_classes=config.model.num_classes,
+                                         hidden_dim=config.model.hidden_dim))
 
 
 class VideoPredictor:
-  """Runs a segmenter (+ trackers) over videos chunk by chunk.
+  """Runs a segmenter and an association method over videos chunk by chunk.
 
-  `chunk_model(params, carry, images, pixel_valid, frame_valid) -> (carry, outputs)` is the
-  per-chunk model: outputs hold `pred_logits [T, N, K+1]` and `pred_masks [T, N, h, w]` in slot
-  order; `init_carry(params, batch_template)` gives the carry of a fresh video. `model_for_config`
-  builds both from a config (O2VIS trackers or a baseline). Compiled functions are cached per
+  `chunk_model(params, state, images, pixel_valid, frame_valid) -> (state, outputs)` is the
+  per-chunk model: outputs hold `pred_logits [T, S, K+1]` and `pred_masks [T, S, h, w]` in slot
+  order (and the method's `score_inputs`); `init_carry(params, images, pixel_valid)` gives the state
+  of a fresh video. `model_for_config` builds both from a config. `method` scores the video
+  (`association.Method`'s scoring hooks; default O2VIS's). Compiled functions are cached per
   (chunk size, input size, output size).
   """
 
   def __init__(self, params, chunk_model: Callable, init_carry: Callable, chunk_size: int,
                min_size: int, size_divisibility: int, pad_value: Sequence[float],
-               max_size: Optional[int] = None, max_num: int = 10):
+               max_size: Optional[int] = None, max_num: int = 10, config=None,
+               method: Optional[association.Method] = None):
     self.params = params
     self.max_num = int(max_num)
+    self.config = config
+    self.method = method if method is not None else association.get("o2vis")
     self.chunk_model = chunk_model
     self.init_carry = init_carry
     self.chunk_size = int(chunk_size)
@@ -288,14 +268,17 @@ class VideoPredictor:
   @classmethod
   def from_config(cls, config, params, chunk_size: Optional[int] = None,
                   mask_padding: bool = False) -> "VideoPredictor":
-    """`max_num`: config.inference.max_num, or for the baselines config.tracker.baseline.top_k
-    (REFERENCE.md section 11: MinVIS keeps 10 whatever MAX_NUM says)."""
+    """`max_num`: config.inference.max_num as the method adjusts it (`Method.max_num`; the training-free
+    methods keep their `top_k`, REFERENCE.md section 11: MinVIS keeps 10 whatever MAX_NUM says)."""
+    method = association.method_of(config)
+    if method.trainable and "tracker" not in params:
+      raise ValueError(f"association method {method.name!r} needs trained parameters, but the checkpoint "
+                       f"holds only {sorted(params)}: run a training-free method instead "
+                       f"(e.g. --method training_free)")
     chunk_model, init_carry = model_for_config(config, mask_padding)
     inference = config.inference
-    max_num = inference.max_num
-    if config.tracker.get("mode", "trackers") == "baseline":
-      max_num = config.tracker.baseline.get("top_k", max_num)
-    return cls(params, chunk_model, init_carry,
+    max_num = method.max_num(config, inference.max_num)
+    return cls(params, chunk_model, init_carry, config=config, method=method,
                chunk_size=chunk_size or inference.chunk_size,
                min_size=inference.min_size_test,
                size_divisibility=inference.size_divisibility,
@@ -348,7 +331,8 @@ class VideoPredictor:
     geometry = self.geometry(height, width)
     step = self._step_fn(geometry, keep_mask_logits)
     pixel_valid = jnp.asarray(self.pixel_valid(geometry))
-    carry, logit_sum, slot_rles, count = None, None, None, 0
+    carry, accumulator, slot_rles, count = None, None, None, 0
+    logit_sum = None
     kept_logits, kept_masks = [], []
     for chunk in video_io.iter_chunks(frames, geometry, self.chunk_size, self.pad_value):
       images = jnp.asarray(chunk.images)
@@ -358,6 +342,11 @@ class VideoPredictor:
       valid = chunk.num_valid
       logits = np.asarray(outputs["pred_logits"], np.float64)[:valid]
       packed = np.asarray(outputs["packed_masks"])[:valid]
+      scored = {k: (logits if k == "pred_logits" else np.asarray(outputs[k])[:valid])
+                for k in self.method.score_inputs}
+      if accumulator is None:
+        accumulator = self.method.score_init(self.config, logits.shape[1], logits.shape[2] - 1)
+      accumulator = self.method.score_update(self.config, accumulator, scored)
       logit_sum = logits.sum(0) if logit_sum is None else logit_sum + logits.sum(0)
       if keep_frame_logits:
         kept_logits.append(logits)
@@ -373,8 +362,11 @@ class VideoPredictor:
         progress(valid)
     if count == 0:
       raise video_io.VideoReadError("the video has no frames")
+    method, config, final = self.method, self.config, accumulator
     return VideoPrediction(
-        mean_logits=logit_sum / count, slot_rles=slot_rles, height=height, width=width,
+        slot_rles=slot_rles, height=height, width=width,
+        score_instances=lambda max_num: method.score_instances(config, final, max_num),
+        mean_logits=logit_sum / count,
         frame_logits=np.concatenate(kept_logits) if keep_frame_logits else None,
         frame_mask_logits=np.concatenate(kept_masks) if keep_mask_logits else None)
 
@@ -389,7 +381,8 @@ def _chunk_step(chunk_model, geometry, keep_mask_logits, params, carry, images, 
   carry, outputs = chunk_model(params, carry, images, pixel_valid, frame_valid)
   mask_h, mask_w = outputs["pred_masks"].shape[-2:]
   m_y, m_x = mask_resize_matrices(mask_h, mask_w, geometry)   # trace-time constants
-  result = dict(pred_logits=outputs["pred_logits"].astype(jnp.float32),
+  result = {k: v for k, v in outputs.items() if k != "pred_masks"}
+  result.update(pred_logits=outputs["pred_logits"].astype(jnp.float32),
                 packed_masks=binary_masks(outputs["pred_masks"], jnp.asarray(m_y), jnp.asarray(m_x)))
   if keep_mask_logits:
     result["pred_masks"] = outputs["pred_masks"]

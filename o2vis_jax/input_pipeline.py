@@ -1,6 +1,7 @@
 """Input pipeline (grain): training clips with per-clip augmentation, COCO pseudo-clips, padding to a small
-set of static shapes, per-host sharding and a checkpointable iterator; and the evaluation stream of whole
-videos at test size in fixed-size chunks (SPEC sections 4, 5 and 7; REFERENCE.md section 10 "Input").
+set of static shapes, per-host sharding and a checkpointable iterator (SPEC sections 4, 5 and 7;
+REFERENCE.md section 10 "Input"). Evaluation reads whole videos at test size in fixed-size chunks through
+`video_io.iter_chunks`, the path inference takes.
 
 Training batch (per host; every engineer codes against exactly this):
   frames         [B, T, H, W, 3] float32  RGB 0..255; padding holds `config.data.pad_value` (the pixel mean,
@@ -35,15 +36,15 @@ import dataclasses
 import functools
 import io
 import os
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import grain
 import ml_collections
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from o2vis_jax import video_io
+from o2vis_jax.evaluation import rle as rle_lib
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,15 +53,6 @@ from o2vis_jax import video_io
 def decode_frame(jpeg: bytes) -> np.ndarray:
   with Image.open(io.BytesIO(jpeg)) as image:
     return np.asarray(image.convert("RGB"))
-
-
-def decode_masks(rles: Sequence[bytes], height: int, width: int) -> np.ndarray:
-  """[n] stored RLE counts (b"" = null) -> bool [n, height, width]."""
-  masks = np.zeros((len(rles), height, width), bool)
-  for i, counts in enumerate(rles):
-    if len(counts):
-      masks[i] = mask_utils.decode({"size": [height, width], "counts": bytes(counts)}).astype(bool)
-  return masks
 
 
 def _as_str(value) -> str:
@@ -168,7 +160,7 @@ def make_training_clip(record: Dict[str, Any], rng: np.random.Generator, *, opti
     if frame.shape[:2] != (height, width):
       raise ValueError(f"video {record['video_id']} ({_as_str(record['name'])!r}) frame {index} is "
                        f"{frame.shape[0]}x{frame.shape[1]}, the record says {height}x{width}")
-    frame_masks = decode_masks(rles[keep, index], height, width)
+    frame_masks = rle_lib.masks_from_counts(rles[keep, index], height, width)
     if pseudo_clip:
       frame, frame_masks = _warp(frame, frame_masks, _affine_inverse(rng, height, width, options),
                                  pad_value)
@@ -312,7 +304,7 @@ def train_dataset(config: ml_collections.ConfigDict, video_source, *, batch_size
 def open_train_sources(config: ml_collections.ConfigDict):
   """(video source, coco source or None, categories) from `config.data.data_dir` / `coco_data_dir`
   (directories written by `python -m data.build`)."""
-  from data import builders  # pylint: disable=g-import-not-at-top  (data/ is a sibling package)
+  from o2vis_jax.datasets import builders  # pylint: disable=g-import-not-at-top  (imports TFDS)
   videos, categories = builders.open_split(config.data.data_dir, config.data.train_split)
   coco = None
   if config.data.coco_data_dir and config.data.coco_ratio > 0:
@@ -324,70 +316,12 @@ def open_train_sources(config: ml_collections.ConfigDict):
 
 
 # --------------------------------------------------------------------------------------------------
-# Evaluation: whole videos at test size, in chunks.
-
-def chunk_video(frames: Iterable[np.ndarray], chunk_size: int, *, resized_hw: Tuple[int, int],
-                padded_hw: Tuple[int, int], pad_value: Sequence[float]) -> Iterator[Dict[str, np.ndarray]]:
-  """uint8 frames of one video (any length, streamed) -> chunks of `chunk_size` frames:
-  frames [T_c, H, W, 3] float32, pixel_valid [T_c, H, W], frame_valid [T_c], start (first frame index).
-  Each frame is resized to `resized_hw` (bilinear) and padded bottom / right to `padded_hw`; the last
-  chunk is padded with invalid frames."""
-  (rh, rw), (ph, pw) = resized_hw, padded_hw
-  pad = np.asarray(pad_value, np.float32)
-  valid_region = np.zeros((ph, pw), bool)
-  valid_region[:rh, :rw] = True
-
-  def empty_chunk(start):
-    chunk_frames = np.empty((chunk_size, ph, pw, 3), np.float32)
-    chunk_frames[...] = pad
-    return {"frames": chunk_frames, "pixel_valid": np.zeros((chunk_size, ph, pw), bool),
-            "frame_valid": np.zeros((chunk_size,), bool), "start": start}
-
-  chunk, filled, start = empty_chunk(0), 0, 0
-  for frame in frames:
-    chunk["frames"][filled, :rh, :rw] = video_io.resize_frame(np.asarray(frame, np.uint8), rh, rw)
-    chunk["pixel_valid"][filled] = valid_region
-    chunk["frame_valid"][filled] = True
-    filled += 1
-    if filled == chunk_size:
-      yield chunk
-      start += filled
-      chunk, filled = empty_chunk(start), 0
-  if filled:
-    yield chunk
-
-
-def eval_videos(config: ml_collections.ConfigDict, source, *, shard_options=None
-                ) -> Iterator[Tuple[Dict[str, Any], Iterator[Dict[str, np.ndarray]]]]:
-  """(metadata, chunk iterator) per video of `source` (a built split), this process's share only.
-  metadata: video_id, name, height / width (original), resized_height / resized_width, padded_height /
-  padded_width, length. Frames are decoded lazily, one chunk at a time."""
-  if shard_options is None:
-    shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=False)
-  inference = config.inference
-  for index in range(shard_options.shard_index, len(source), shard_options.shard_count):
-    record = source[index]
-    height, width = int(record["height"]), int(record["width"])
-    geometry = video_io.FrameGeometry.for_video(height, width, inference.min_size_test,
-                                                inference.size_divisibility)
-    metadata = {"video_id": int(record["video_id"]), "name": _as_str(record["name"]),
-                "height": height, "width": width, "length": int(record["length"]),
-                "resized_height": geometry.resized_height, "resized_width": geometry.resized_width,
-                "padded_height": geometry.padded_height, "padded_width": geometry.padded_width}
-    frames = (decode_frame(jpeg) for jpeg in record["frames"])
-    yield metadata, chunk_video(frames, inference.chunk_size,
-                                resized_hw=(geometry.resized_height, geometry.resized_width),
-                                padded_hw=(geometry.padded_height, geometry.padded_width),
-                                pad_value=config.data.pad_value)
-
-
-# --------------------------------------------------------------------------------------------------
 # The built-in synthetic dataset.
 
 def prepare_synthetic(config: ml_collections.ConfigDict, root: str) -> str:
   """Generates (once) and builds the synthetic dataset under `root`; returns the built directory for
   `config.data.data_dir`. Train uses `config.seed`, the labelled `valid` split another seed."""
-  from data import builders, synthetic  # pylint: disable=g-import-not-at-top
+  from o2vis_jax.datasets import builders, synthetic  # pylint: disable=g-import-not-at-top  (imports TFDS)
   data = config.data
   raw = os.path.join(root, "raw")
   built = builders.find_built(os.path.join(root, "built"), "synthetic", data.holdout_videos,

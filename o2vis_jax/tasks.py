@@ -1,24 +1,26 @@
 """Training tasks: the model, the loss and the data that `o2vis_jax.train` optimises (scenic's
 "model wrapper owns the loss"; the Flax modules own only the forward).
 
-- `TrackerTask` (SPEC 5): T_E / T_A trained on a frozen segmenter (stop-gradient, no optimiser state).
+- `TrackingTask` (SPEC 5): the association method's parameters trained on a frozen segmenter
+  (stop-gradient, no optimiser state): segmenter -> `association.track` over the clip -> `method.loss`.
+  Its training phases are the method's (`Method.phases`, `Method.phase(config, step)`).
 - `SegmenterTask` (SPEC 6): the per-frame Mask2Former loss with deep supervision + Eq. 13.
 
-Both read training clips from `o2vis_jax.input_pipeline` in the batch format documented there.
+Both read training clips from `o2vis_jax.input_pipeline` in the batch format documented there, and
+average a per-video criterion over the local videos with `losses.mean_over_videos`.
 """
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from o2vis_jax import association
 from o2vis_jax import losses
-from o2vis_jax import video_model
 from o2vis_jax.models import build_segmenter
-from o2vis_jax.models import tracker as tracker_lib
 from o2vis_jax.train import DATA_AXIS
 
 
@@ -26,13 +28,6 @@ def init_segmenter_params(config, rng) -> Any:
   # No segmenter parameter depends on the image size; 64x64 is the smallest cheap multiple of 32.
   images = jnp.zeros((1, 64, 64, 3), jnp.float32)
   return build_segmenter(config).init(rng, images)["params"]
-
-
-def init_tracker_params(config, rng) -> Any:
-  if config.tracker.get("mode", "trackers") == "te_only":
-    from o2vis_jax import te_only
-    return te_only.init_params(config, rng)
-  return tracker_lib.init_params(config, rng)
 
 
 TRACKER_HEADS = ("decoder_norm", "class_embed", "mask_embed")
@@ -60,7 +55,7 @@ def load_init_params(path: str) -> Dict[str, Any]:
   from o2vis_jax.checkpoint_conversion import load_converted
   if not os.path.isdir(path):
     raise FileNotFoundError(f"init checkpoint {path!r} is not a directory (expected the output of "
-                            "scripts/convert_checkpoint.py or scripts/export_checkpoint.py)")
+                            "scripts/convert_checkpoint.py or the export/ of a training run)")
   _, params = load_converted(path)
   return params
 
@@ -96,7 +91,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, seed: int, workdir: O
   return iter(dataset)
 
 
-def _segmenter_forward(config, params, frames, pixel_valid):
+def segmenter_forward(config, params, frames, pixel_valid):
   """Runs the segmenter on a [B, T, H, W, 3] clip as one batch of B*T images -> outputs [B, T, ...]."""
   batch, num_frames = frames.shape[:2]
   flat = lambda x: x.reshape((batch * num_frames,) + x.shape[2:])
@@ -105,21 +100,41 @@ def _segmenter_forward(config, params, frames, pixel_valid):
   return jax.tree.map(unflat, outputs)
 
 
+def association_frames(seg: Dict[str, Any], frame_valid) -> Dict[str, Any]:
+  """The segmenter's outputs [B, T, ...] under the association methods' standard input names."""
+  return dict(embeds=seg["pred_embds"], embeds_without_norm=seg["pred_embds_without_norm"],
+              logits=seg["pred_logits"], masks=seg["pred_masks"], mask_features=seg["mask_features"],
+              valid=frame_valid)
+
+
 class _Task:
+  phases: Tuple[str, ...] = ("main",)
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None):
     self.config = config
     self.workdir = workdir
-    self.loss_config = losses.loss_config_from(config)
 
   def train_iterator(self, seed: int):
     return make_train_iterator(self.config, seed, self.workdir)
+
+  def phase(self, step: int) -> str:
+    del step
+    return self.phases[-1]
 
   def _num_masks(self, counts):
     return losses.average_num_masks(counts, axis_name=DATA_AXIS)
 
 
-class TrackerTask(_Task):
-  """Only the trackers train; the segmenter runs under stop_gradient (SPEC 5)."""
+class TrackingTask(_Task):
+  """The association method `config.association.method` trains on a frozen segmenter (SPEC 5)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None):
+    super().__init__(config, workdir)
+    self.method = association.method_of(config)
+    if not self.method.trainable:
+      raise ValueError(f"association method {self.method.name!r} is training-free: there is nothing to "
+                       "train (config.train.task='tracker' needs a method with a loss)")
+    self.phases = self.method.phases
 
   def init_params(self, rng):
     seg_rng, tracker_rng = jax.random.split(rng)
@@ -133,82 +148,56 @@ class TrackerTask(_Task):
       logging.warning("config.init_checkpoint is empty: the frozen segmenter is RANDOMLY initialised.")
       segmenter, tracker = init_segmenter_params(self.config, seg_rng), None
     if tracker is None:
-      tracker = init_tracker_params(self.config, tracker_rng)
+      model = self.config.model
+      tracker = self.method.init_params(self.config, tracker_rng, num_classes=model.num_classes,
+                                        hidden_dim=model.hidden_dim)
       if self.config.train.get("tracker_heads_from_segmenter", False):
         tracker = heads_from_segmenter(tracker, segmenter)
     return tracker, {"segmenter": segmenter}
 
-  def _early_training(self) -> bool:
-    return video_model.resolve_options(self.config.tracker).early_matching
-
   def phase(self, step: int) -> str:
-    """'early' for the first `train.early_training_fraction` of the steps when early training is on
-    (Eq. 9, 14; REFERENCE.md 7.4: the first half in the reference), else 'main'."""
-    fraction = float(self.config.train.get("early_training_fraction", 0.5))
-    if self._early_training() and step < fraction * self.config.num_train_steps:
-      return "early"
-    return "main"
+    return self.method.phase(self.config, step)
 
-  def loss(self, trainable, frozen, batch, rngs, step, phase="main"):
-    config = self.config
-    if self._early_training() and phase != "early":
-      config = config.copy_and_resolve_references()
-      config.tracker.early_matching = False
-    seg = _segmenter_forward(config, frozen["segmenter"], batch["frames"], batch["pixel_valid"])
+  def loss(self, trainable, frozen, batch, rngs, step, phase):
+    del step
+    seg = segmenter_forward(self.config, frozen["segmenter"], batch["frames"], batch["pixel_valid"])
     seg = jax.lax.stop_gradient(seg)
-    te_only = config.tracker.get("mode", "trackers") == "te_only"
-    outputs = video_model.track(
-        config, trainable, seg["pred_embds"], seg["pred_embds_without_norm"], seg["mask_features"],
-        frame_valid=batch["frame_valid"], segmenter_logits=seg["pred_logits"],
-        segmenter_masks=seg["pred_masks"] if te_only else None, train=True)
+    outputs = association.track(self.config, trainable, association_frames(seg, batch["frame_valid"]),
+                                train=True, phase=phase)
     targets = losses.targets_from_batch(batch)
     num_masks = self._num_masks(jax.vmap(losses.tracker_mask_count)(targets))
-    criterion_outputs = losses.tracker_outputs_from_track(outputs)
-    if te_only:
-      # Table 3(a) row 6: always early matching, only the _E losses (REFERENCE.md section 12).
-      per_video = jax.vmap(lambda k, o, t: losses.te_only_criterion(
-          jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config))
-      totals, terms = per_video(rngs, criterion_outputs, targets)
-    elif phase == "early":
-      # Eq. 14: the GT assignment comes from the segmenter's predictions re-ordered by sigma_t.
-      order = outputs["indices"]                                         # [B, T, N]
-      take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 3)), axis=2)
-      matcher_outputs = dict(pred_logits=take(seg["pred_logits"]), pred_masks=take(seg["pred_masks"]))
-      per_video = jax.vmap(lambda k, o, t, m: losses.tracker_criterion(
-          jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config, matcher_outputs=m))
-      totals, terms = per_video(rngs, criterion_outputs, targets, matcher_outputs)
-    else:
-      per_video = jax.vmap(lambda k, o, t: losses.tracker_criterion(
-          jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config))
-      totals, terms = per_video(rngs, criterion_outputs, targets)
-    return jnp.mean(totals), jax.tree.map(jnp.mean, terms)
-
+    criterion = lambda key, o, t: self.method.loss(self.config, key, o, t, num_masks, phase=phase)
+    return losses.mean_over_videos(criterion, rngs, outputs, targets)
 
 
 class SegmenterTask(_Task):
   """The segmenter trains (backbone lr x0.1, frozen BatchNorm), per frame, with Eq. 13 (SPEC 6)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None):
+    super().__init__(config, workdir)
+    # The per-frame Hungarian uses the association method's matcher (host / device), if it has one.
+    method_section = association.method_of(config).section(config)
+    self.loss_config = losses.loss_config_from(config, matcher=method_section.get("matcher", "host"))
 
   def init_params(self, rng):
     init = self.config.get("init_checkpoint", "")
     params = load_init_params(init)["segmenter"] if init else init_segmenter_params(self.config, rng)
     return params, {}
 
-  def loss(self, trainable, frozen, batch, rngs, step):
-    del frozen
-    seg = _segmenter_forward(self.config, trainable, batch["frames"], batch["pixel_valid"])
+  def loss(self, trainable, frozen, batch, rngs, step, phase):
+    del frozen, step, phase
+    seg = segmenter_forward(self.config, trainable, batch["frames"], batch["pixel_valid"])
     outputs = dict(pred_logits=seg["pred_logits"], pred_masks=seg["pred_masks"],
                    embeddings=seg["pred_embds"],
                    aux=[dict(pred_logits=a["pred_logits"], pred_masks=a["pred_masks"])
                         for a in seg["aux_outputs"]])
     targets = losses.targets_from_batch(batch)
     num_masks = self._num_masks(jax.vmap(losses.segmenter_mask_count)(targets))
-    per_video = jax.vmap(lambda k, o, t: losses.segmenter_criterion(
-        jax.random.wrap_key_data(k), o, t, num_masks, self.loss_config))
-    totals, terms = per_video(rngs, outputs, targets)
-    return jnp.mean(totals), jax.tree.map(jnp.mean, terms)
+    criterion = lambda key, o, t: losses.segmenter_criterion(key, o, t, num_masks, self.loss_config)
+    return losses.mean_over_videos(criterion, rngs, outputs, targets)
 
 
-TASKS = {"tracker": TrackerTask, "segmenter": SegmenterTask}
+TASKS = {"tracker": TrackingTask, "segmenter": SegmenterTask}
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: Optional[str] = None):
@@ -216,64 +205,3 @@ def build_task(config: ml_collections.ConfigDict, workdir: Optional[str] = None)
   if name not in TASKS:
     raise ValueError(f"config.train.task={name!r}; expected one of {sorted(TASKS)}")
   return TASKS[name](config, workdir)
-
-
-def export(directory: str, config: ml_collections.ConfigDict, params: Dict[str, Any]) -> str:
-  """Writes params ({'segmenter', 'tracker'?}) + config as a converted-checkpoint directory (the format
-  of scripts/convert_checkpoint.py), replacing an older export only once the new one is complete."""
-  import shutil
-  from o2vis_jax.checkpoint_conversion import save_converted
-  directory = os.path.abspath(directory)
-  staging = directory + ".incomplete"
-  shutil.rmtree(staging, ignore_errors=True)
-  save_converted(staging, config, jax.device_get(params))
-  if os.path.exists(directory):
-    shutil.rmtree(directory)
-  os.replace(staging, directory)
-  return directory
-
-
-def _stage_config(config, task: str, **train_overrides) -> ml_collections.ConfigDict:
-  stage = config.copy_and_resolve_references()
-  stage.train.task = task
-  for key, value in train_overrides.items():
-    if key == "num_train_steps":
-      stage.num_train_steps = value
-    else:
-      stage.train[key] = value
-  return stage
-
-
-def run_training(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> str:
-  """Runs `config.train.task` in `workdir` and exports the result to WORKDIR/export; returns its path.
-
-  'segmenter' / 'tracker': one stage. 'segmenter+tracker' (training from scratch, SPEC 6 then 5): the
-  segmenter for `train.segmenter_steps` in WORKDIR/segmenter (exported to WORKDIR/segmenter/export), then
-  the trackers on it for `num_train_steps` in WORKDIR/tracker. Each stage resumes from its checkpoints.
-  """
-  from o2vis_jax import train
-  task_name = config.train.task
-  if task_name == "segmenter+tracker":
-    t = config.train
-    seg_config = _stage_config(config, "segmenter", num_train_steps=t.segmenter_steps,
-                               learning_rate=t.get("segmenter_learning_rate", t.learning_rate),
-                               decay_steps=t.get("segmenter_decay_steps", t.decay_steps))
-    seg_state = train.train_and_evaluate(seg_config, os.path.join(workdir, "segmenter"),
-                                         SegmenterTask(seg_config, workdir), progress=progress)
-    seg_export = export(os.path.join(workdir, "segmenter", "export"), seg_config,
-                        {"segmenter": seg_state.params})
-    tracker_config = _stage_config(config, "tracker")
-    tracker_config.init_checkpoint = seg_export
-    tracker_config.init_tracker = False
-    state = train.train_and_evaluate(tracker_config, os.path.join(workdir, "tracker"),
-                                     TrackerTask(tracker_config, workdir), progress=progress)
-    params = {"segmenter": load_init_params(seg_export)["segmenter"], "tracker": state.params}
-    return export(os.path.join(workdir, "export"), tracker_config, params)
-  task = build_task(config, workdir)
-  state = train.train_and_evaluate(config, workdir, task, progress=progress)
-  if task_name == "segmenter":
-    params = {"segmenter": state.params}
-  else:
-    frozen = task.init_params(jax.random.PRNGKey(config.seed))[1]
-    params = {"segmenter": frozen["segmenter"], "tracker": state.params}
-  return export(os.path.join(workdir, "export"), config, params)

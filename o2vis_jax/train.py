@@ -12,11 +12,16 @@ One program for one CPU, 8 GPUs or a TPU pod slice (SPEC 5):
 - metrics go to `WORKDIR/metrics.jsonl` (one JSON object per logged step) and TensorBoard;
 - a non-finite loss stops training with an error naming the step, without saving that state.
 
-What is trained is a `Task` (see `o2vis_jax/tasks.py`): it owns the model, the loss and the data.
+What is trained is a `Task` (see `o2vis_jax/tasks.py`): it owns the model, the loss and the data, and
+declares its training phases (static strings; one compiled step per phase).
+
+`run_training` at the bottom is the whole run a newcomer reads top to bottom: one stage ('tracker' or
+'segmenter'), or the staged 'segmenter+tracker' run from scratch, and the export of the result.
 """
 
 import json
 import os
+import shutil
 import signal
 import time
 from typing import Any, Callable, Dict, Optional, Protocol, Tuple
@@ -38,17 +43,21 @@ DATA_AXIS = "data"
 
 class Task(Protocol):
   """What the trainer needs from a model + loss + data."""
+  phases: Tuple[str, ...]   # the training phases (static); one compiled train step per phase.
 
   def init_params(self, rng: jax.Array) -> Tuple[Any, Any]:
     """Returns (trainable_params, frozen_params)."""
 
+  def phase(self, step: int) -> str:
+    """The phase (one of `phases`) of optimiser step `step`."""
+
   def loss(self, trainable: Any, frozen: Any, batch: Dict[str, jax.Array], rngs: jax.Array,
-           step: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+           step: jax.Array, phase: str) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """Mean loss over the local examples of `batch` (one device's shard) and scalar metrics.
 
     Runs inside `shard_map` over the `data` axis; `rngs` has one key per local example. A loss
     that needs global normalisers (e.g. the number of GT masks over all devices) may `psum` over
-    DATA_AXIS. A task with training phases (see `phase`) also takes `phase=` (static).
+    DATA_AXIS. `phase` is static.
     """
 
   def train_iterator(self, seed: int) -> Any:
@@ -70,17 +79,19 @@ def make_mesh(devices=None) -> Mesh:
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, mesh: Mesh,
                     global_batch_size: int, schedule: Optional[optax.Schedule] = None,
-                    phase: Any = None) -> Callable:
+                    phase: Optional[str] = None) -> Callable:
   """jit(state, frozen, batch) -> (state, metrics): loss and grads in shard_map, update replicated.
 
-  `phase` (hashable) is passed to `task.loss(..., phase=phase)` when not None: one compiled step per
-  phase (e.g. early training, Eq. 9, then the main phase).
+  `phase` (static, one of `task.phases`; default the last) is passed to `task.loss(..., phase=phase)`:
+  one compiled step per phase (e.g. O2VIS's early training, Eq. 9, then the main phase).
   """
-  phase_kwargs = {} if phase is None else {"phase": phase}
+  phase = task.phases[-1] if phase is None else phase
+  if phase not in task.phases:
+    raise ValueError(f"train: phase {phase!r} is not one of the task's phases {task.phases}")
 
   def per_device(params, frozen, batch, rngs, step):
     def loss_fn(p):
-      return task.loss(p, frozen, batch, rngs, step, **phase_kwargs)
+      return task.loss(p, frozen, batch, rngs, step, phase=phase)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, DATA_AXIS)
     metrics = dict(metrics, loss=loss)
@@ -261,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
   train_steps = {}
 
   def train_step_for(step):
-    phase = task.phase(step) if hasattr(task, "phase") else None
+    phase = task.phase(step)
     if phase not in train_steps:
       train_steps[phase] = make_train_step(task, tx, mesh, config.batch_size, schedule, phase)
     return train_steps[phase]
@@ -307,3 +318,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
     writer.close()
     manager.close()
   return state
+
+
+# --------------------------------------------------------------------------------------------------
+# A whole run: stages and export.
+
+def export(directory: str, config: ml_collections.ConfigDict, params: Dict[str, Any]) -> str:
+  """Writes params ({'segmenter', 'tracker'?}) + config as a converted-checkpoint directory (the format
+  of scripts/convert_checkpoint.py), replacing an older export only once the new one is complete."""
+  from o2vis_jax.checkpoint_conversion import save_converted
+  directory = os.path.abspath(directory)
+  staging = directory + ".incomplete"
+  shutil.rmtree(staging, ignore_errors=True)
+  save_converted(staging, config, jax.device_get(params))
+  if os.path.exists(directory):
+    shutil.rmtree(directory)
+  os.replace(staging, directory)
+  return directory
+
+
+def _stage_config(config, task: str, **train_overrides) -> ml_collections.ConfigDict:
+  stage = config.copy_and_resolve_references()
+  stage.train.task = task
+  for key, value in train_overrides.items():
+    if key == "num_train_steps":
+      stage.num_train_steps = value
+    else:
+      stage.train[key] = value
+  return stage
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> str:
+  """Runs `config.train.task` in `workdir` and exports the result to WORKDIR/export; returns its path.
+
+  'segmenter' / 'tracker': one stage. 'segmenter+tracker' (training from scratch, SPEC 6 then 5): the
+  segmenter for `train.segmenter_steps` in WORKDIR/segmenter (exported to WORKDIR/segmenter/export), then
+  the association method (`config.association.method`) on it for `num_train_steps` in WORKDIR/tracker.
+  Each stage resumes from its checkpoints.
+  """
+  from o2vis_jax import tasks  # tasks.py imports DATA_AXIS from here.
+  task_name = config.train.task
+  if task_name == "segmenter+tracker":
+    t = config.train
+    seg_config = _stage_config(config, "segmenter", num_train_steps=t.segmenter_steps,
+                               learning_rate=t.get("segmenter_learning_rate", t.learning_rate),
+                               decay_steps=t.get("segmenter_decay_steps", t.decay_steps))
+    seg_state = train_and_evaluate(seg_config, os.path.join(workdir, "segmenter"),
+                                   tasks.SegmenterTask(seg_config, workdir), progress=progress)
+    seg_export = export(os.path.join(workdir, "segmenter", "export"), seg_config,
+                        {"segmenter": seg_state.params})
+    tracker_config = _stage_config(config, "tracker")
+    tracker_config.init_checkpoint = seg_export
+    tracker_config.init_tracker = False
+    state = train_and_evaluate(tracker_config, os.path.join(workdir, "tracker"),
+                               tasks.TrackingTask(tracker_config, workdir), progress=progress)
+    params = {"segmenter": tasks.load_init_params(seg_export)["segmenter"], "tracker": state.params}
+    return export(os.path.join(workdir, "export"), tracker_config, params)
+  task = tasks.build_task(config, workdir)
+  state = train_and_evaluate(config, workdir, task, progress=progress)
+  if task_name == "segmenter":
+    params = {"segmenter": state.params}
+  else:
+    frozen = task.init_params(jax.random.PRNGKey(config.seed))[1]
+    params = {"segmenter": frozen["segmenter"], "tracker": state.params}
+  return export(os.path.join(workdir, "export"), config, params)

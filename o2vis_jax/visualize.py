@@ -20,7 +20,8 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from pycocotools import mask as mask_util
+
+from o2vis_jax.evaluation import rle as rle_lib
 
 _GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -144,7 +145,7 @@ def decode_frame_masks(instances: Sequence[dict], frame_index: int, height: int,
   for m, instance in enumerate(instances):
     rle = instance["segmentations"][frame_index]
     if rle is not None:
-      masks[m] = mask_util.decode(rle).astype(bool)
+      masks[m] = rle_lib.decode_mask(rle)
   return masks
 
 

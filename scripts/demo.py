@@ -89,7 +89,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   start = time.time()
-  from data import synthetic
+  from o2vis_jax.datasets import synthetic
   from o2vis_jax import evaluation, inference, visualize
   from o2vis_jax.checkpoint_conversion import load_converted
   from o2vis_jax.evaluation import results as results_lib

@@ -11,6 +11,9 @@ r"""Runs O2VIS on your own video or on a YouTube-VIS / OVIS split and writes the
   # smoke test without a checkpoint: a config and random weights
   python scripts/infer.py --config configs/tiny.py --input frames/ --output /tmp/r.json
 
+  # a training-free association (Table 3(a) rows 1-5) on a segmenter-only checkpoint
+  python scripts/infer.py --checkpoint /ckpt/segmenter --method minvis --input clip.mp4
+
 Frames stream through the model in fixed-size chunks (--chunk_size): one compilation per frame
 size, device memory independent of the video length. Results are YouTube-VIS results dicts
 (video_id, category_id, score, per-frame RLE). --overlay draws the top-k instances with one stable
@@ -26,6 +29,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from o2vis_jax import association  # noqa: E402  (the registry: the choices of --method)
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Directory of a converted checkpoint (scripts/convert_checkpoint.py or a "
@@ -53,19 +58,43 @@ _OVERLAY = flags.DEFINE_string("overlay", None, "Overlay of the results on the f
                                "without imageio-ffmpeg) per video.")
 _OVERLAY_ALL_SLOTS = flags.DEFINE_bool("overlay_all_slots", False, "Draw every tracker slot with "
                                        "its best class instead of the top-k results.")
-_TRACKER_MODE = flags.DEFINE_enum(
-    "tracker_mode", None, ["trackers", "baseline", "te_only"], "Override config.tracker.mode: 'trackers' "
-    "(O2VIS), 'te_only' (the T_E-only model of Table 3(a) row 6, with its own checkpoint) or 'baseline' "
-    "(training-free association of the segmenter's outputs, Table 3(a); choose it "
-    "with config.tracker.baseline.memory / matching, e.g. --config.tracker.baseline.memory=none).")
+# What each method is, for --help; a method registered without an entry here shows its class docstring.
+_METHOD_SUMMARIES = {
+    "o2vis": "the full O2VIS: T_E + T_A on the IOM with OHM, Table 3(a) row 7",
+    "o2vis_te_only": "the T_E-only model of Table 3(a) row 6",
+    "training_free": "training-free association of the segmenter's outputs, Table 3(a) rows 1-5: "
+                     "config.training_free.memory (none / similarity / momentum / iom) x .matching "
+                     "(hungarian / ohm), default IOM + OHM (row 5); with --config e.g. "
+                     "--config.training_free.memory=none",
+    "minvis": "MinVIS: no memory + Hungarian on the segmenter's outputs, Table 3(a) row 1",
+}
+
+
+def _method_help() -> str:
+  described = []
+  for name in association.names():
+    method = association.get(name)
+    summary = _METHOD_SUMMARIES.get(name) or (type(method).__doc__ or "").strip().split("\n")[0]
+    needs = "its own tracker weights" if method.trainable else "a segmenter only"
+    described.append(f"'{name}' ({summary}; needs {needs}; reads config.{method.section_name})")
+  return ("Association method to run (default: the checkpoint's or config's config.association.method): "
+          + "; ".join(described) + ".")
+
+
+_METHOD = flags.DEFINE_enum("method", None, association.names(), _method_help())
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Frames per chunk (default: "
                                    "config.inference.chunk_size).")
 _MAX_NUM = flags.DEFINE_integer("max_num", None, "Results per video, top-k over slot x class "
                                 "(default: config.inference.max_num, 10 YouTube-VIS, 20 OVIS; "
-                                "for the baselines config.tracker.baseline.top_k).")
+                                "the training-free methods keep their section's top_k, e.g. "
+                                "config.training_free.top_k).")
 _FPS = flags.DEFINE_float("fps", None, "Frame rate of the overlay (default: the input's, else 10).")
 _MAX_VIDEOS = flags.DEFINE_integer("max_videos", None, "With --dataset_json: only the first N videos.")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Disable the progress bars.")
+
+
+class CommandLineError(ValueError):
+  """Flags that cannot run together; printed in one line, without the usage text."""
 
 
 def _load_model():
@@ -80,14 +109,18 @@ def _load_model():
   else:
     config = _CONFIG.value
     params = None
-  if _TRACKER_MODE.value:
-    config.tracker.mode = _TRACKER_MODE.value
+  if _METHOD.value:
+    trained_for = association.method_of(config)
+    config = association.with_method(config, _METHOD.value)
+    method = association.method_of(config)
+    if params is not None and method.trainable and "tracker" in params and method is not trained_for:
+      # A trainable method's weights are its own: another method's do not fit them.
+      raise CommandLineError(f"--method {method.name}: checkpoint {_CHECKPOINT.value!r} holds the tracker "
+                             f"weights of {trained_for.name!r}; give a checkpoint of {method.name!r} or "
+                             "a training-free method")
   if params is None:
     logging.warning("random weights (--config without --checkpoint): outputs are meaningless")
     params = inference.init_params(config, seed=_SEED.value)
-  if config.tracker.get("mode", "trackers") == "trackers" and "tracker" not in params:
-    raise app.UsageError(f"checkpoint {_CHECKPOINT.value!r} holds no tracker weights (a segmenter "
-                         "only): run the training-free association with --tracker_mode=baseline")
   return config, params
 
 
@@ -128,9 +161,13 @@ def main(argv):
 
   num_videos, videos, categories = _videos()   # unreadable inputs fail here, before the model
   config, params = _load_model()
+  try:   # e.g. a trainable method on a segmenter-only checkpoint: the error names the fix
+    predictor = inference.VideoPredictor.from_config(config, params, chunk_size=_CHUNK_SIZE.value)
+  except ValueError as e:
+    source = f"--checkpoint {_CHECKPOINT.value}: " if _CHECKPOINT.value else ""
+    raise CommandLineError(f"{source}{e}") from e
   category_ids = [c["id"] for c in categories] if categories else None
   class_names = {c["id"]: c.get("name", str(c["id"])) for c in categories or []}
-  predictor = inference.VideoPredictor.from_config(config, params, chunk_size=_CHUNK_SIZE.value)
   max_num = _MAX_NUM.value or predictor.max_num
   show = not _NO_PROGRESS.value
   dataset_mode = bool(_DATASET_JSON.value)
@@ -175,7 +212,7 @@ def run():
     app.run(main)
   except Exception as e:  # pylint: disable=broad-except
     from o2vis_jax import video_io
-    if isinstance(e, video_io.VideoReadError):
+    if isinstance(e, (video_io.VideoReadError, CommandLineError)):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     raise

@@ -43,11 +43,11 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _MULTIHOST.value:
     jax.distributed.initialize()
-  from o2vis_jax import tasks
+  from o2vis_jax import train
   config = _CONFIG.value
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  exported = tasks.run_training(config, _WORKDIR.value, progress=not _NO_PROGRESS.value)
+  exported = train.run_training(config, _WORKDIR.value, progress=not _NO_PROGRESS.value)
   if jax.process_index() == 0:
     print(f"trained model exported to {exported}")
 

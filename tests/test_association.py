@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from o2vis_jax import association
+from o2vis_jax.association.ops import memory
 
 MEMORY = np.array([[1.0, 0.0], [0.0, 2.0]])
 QUERIES = np.array([[3.0, 4.0], [0.0, -2.0]])
@@ -12,7 +12,7 @@ LOGITS = np.log(np.array([[1.0, 3.0], [3.0, 1.0]]))
 
 
 def test_memory_update_eq3():
-  got = np.asarray(association.memory_update(MEMORY, QUERIES, LOGITS))
+  got = np.asarray(memory.memory_update(MEMORY, QUERIES, LOGITS))
   want = np.array([[0.75 * 1 + 0.25 * 3, 0.25 * 4], [0.0, 0.25 * 2 + 0.75 * -2]])
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -20,11 +20,11 @@ def test_memory_update_eq3():
 def test_occupancy_update_eq4_class_only_and_with_masks():
   occupied = np.array([False, False, True])
   logits = np.array([[2.0, 1.0], [0.0, 1.0], [0.0, 5.0]])  # foreground, background, background
-  np.testing.assert_array_equal(np.asarray(association.occupancy_update(occupied, logits)),
+  np.testing.assert_array_equal(np.asarray(memory.occupancy_update(occupied, logits)),
                                 [True, False, True])
   masks = np.stack([np.full((2, 2), -1.0), np.full((2, 2), 1.0), np.full((2, 2), 1.0)])
   # The baselines also require a mask logit > 0: row 0 has an empty mask.
-  np.testing.assert_array_equal(np.asarray(association.occupancy_update(occupied, logits, masks)),
+  np.testing.assert_array_equal(np.asarray(memory.occupancy_update(occupied, logits, masks)),
                                 [False, False, True])
 
 
@@ -36,7 +36,7 @@ def test_occupancy_update_eq4_class_only_and_with_masks():
 ])
 def test_adaptive_anchor_eq7(mode, want):
   similarity = np.array([0.5, -0.5])  # not clamped: a negative s extrapolates.
-  got = np.asarray(association.adaptive_anchor(MEMORY, QUERIES, similarity, mode))
+  got = np.asarray(memory.adaptive_anchor(MEMORY, QUERIES, similarity, mode))
   np.testing.assert_allclose(got, np.array(want), rtol=1e-6)
 
 
@@ -44,7 +44,7 @@ def test_cosine_similarity_like_torch():
   a = np.array([[3.0, 4.0], [0.0, 0.0], [1e-9, 0.0]])
   b = np.array([[4.0, 3.0], [1.0, 0.0], [1.0, 0.0]])
   # Each norm clamped at >= 1e-8: a zero row gives 0, a tiny row 1e-9 / 1e-8 = 0.1.
-  np.testing.assert_allclose(np.asarray(association.cosine_similarity(a, b)), [24 / 25, 0.0, 0.1], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(memory.cosine_similarity(a, b)), [24 / 25, 0.0, 0.1], rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode,want", [
@@ -55,12 +55,12 @@ def test_cosine_similarity_like_torch():
     ("iom", [[0.75 * 1 + 0.25 * 3, 0.25 * 4], [0.0, 0.25 * 2 + 0.75 * -2]]),
 ])
 def test_baseline_memories(mode, want):
-  got = np.asarray(association.baseline_memory_update(MEMORY, QUERIES, LOGITS, mode))
+  got = np.asarray(memory.baseline_memory_update(MEMORY, QUERIES, LOGITS, mode))
   np.testing.assert_allclose(got, np.array(want), rtol=1e-6)
 
 
 def test_unknown_modes_are_named():
   with pytest.raises(ValueError, match="anchor must be one of"):
-    association.adaptive_anchor(MEMORY, QUERIES, np.zeros(2), "mean")
+    memory.adaptive_anchor(MEMORY, QUERIES, np.zeros(2), "mean")
   with pytest.raises(ValueError, match="memory must be one of"):
-    association.baseline_memory_update(MEMORY, QUERIES, LOGITS, "ema")
+    memory.baseline_memory_update(MEMORY, QUERIES, LOGITS, "ema")

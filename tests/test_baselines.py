@@ -9,7 +9,7 @@ import pytest
 
 import reference_numpy as ref
 from configs import tiny
-from o2vis_jax import video_model
+from o2vis_jax import association
 
 # Frame 0: slot 0 is background, slot 1 foreground (class 0 of K = 1); both masks non-empty.
 EMBEDS = np.array([[[1.0, 0.0], [1.0, 0.1]],
@@ -22,11 +22,11 @@ MASKS = np.ones((2, 2, 1, 2), np.float32)
 @functools.lru_cache(maxsize=None)
 def _baseline(memory, matching):
   config = tiny.get_config()
-  config.tracker.mode = "baseline"
-  config.tracker.baseline.memory = memory
-  config.tracker.baseline.matching = matching
-  return jax.jit(lambda e, z, m, valid=None: video_model.track(config, None, e, frame_valid=valid,
-                                                               segmenter_logits=z, segmenter_masks=m))
+  config.association.method = "training_free"
+  config.training_free.memory = memory
+  config.training_free.matching = matching
+  return jax.jit(lambda e, z, m, valid=None: association.track(
+      config, None, dict(embeds=e, logits=z, masks=m, **({} if valid is None else {"valid": valid}))))
 
 
 def test_ohm_gives_the_new_frame_object_to_the_occupied_slot():
@@ -87,3 +87,18 @@ def test_padded_frame_keeps_the_baseline_memory():
   out = _baseline("momentum", "ohm")(embeds, logits, masks, np.array([True, True, False]))
   np.testing.assert_array_equal(np.asarray(out["memory"][2]), np.asarray(out["memory"][1]))
   np.testing.assert_array_equal(np.asarray(out["occupied"][2]), np.asarray(out["occupied"][1]))
+
+
+def test_minvis_is_training_free_none_hungarian():
+  """`minvis` is its own method (own section) with the computation of row 1 (memory none + Hungarian)."""
+  rng = np.random.default_rng(1)
+  embeds = rng.normal(size=(5, 4, 6)).astype(np.float32)
+  logits = rng.normal(size=(5, 4, 3)).astype(np.float32)
+  masks = rng.normal(size=(5, 4, 2, 2)).astype(np.float32)
+  config = tiny.get_config()
+  config.association.method = "minvis"
+  got = association.track(config, None, dict(embeds=embeds, logits=logits, masks=masks))
+  want = _baseline("none", "hungarian")(embeds, logits, masks)
+  for name in ("assignment", "pred_logits", "pred_masks", "memory"):
+    np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
+  assert association.get("minvis").max_num(config, 100) == 10   # MinVIS keeps 10 instances.

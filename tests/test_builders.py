@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from data import builders, synthetic
-from data.builders import common
+from o2vis_jax.datasets import builders, synthetic
+from o2vis_jax.datasets.builders import common
+from o2vis_jax.evaluation import rle
 
 # pycocotools 2.0.11 warns about numpy 2 `__array__` on every decode; nothing of ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -46,6 +47,10 @@ def _json_mask(segmentation, height, width):
   return mask_utils.decode(segmentation).astype(bool)
 
 
+def _stored_mask(counts, height, width):
+  return rle.masks_from_counts([counts], height, width)[0]
+
+
 def test_round_trip_masks_frames_labels_and_holdout(raw, tmp_path):
   path = builders.build("synthetic", raw, str(tmp_path / "built"), holdout_videos=2, holdout_seed=3)
   assert sorted(builders.split_names(path)) == ["holdout", "train", "valid"]
@@ -69,7 +74,7 @@ def test_round_trip_masks_frames_labels_and_holdout(raw, tmp_path):
       rles = common.split_rles(record["rles"], len(anns), video["length"])
       for g, ann in enumerate(anns):
         for t, segmentation in enumerate(ann["segmentations"]):
-          np.testing.assert_array_equal(common.decode_rle(rles[g, t], 48, 48),
+          np.testing.assert_array_equal(_stored_mask(rles[g, t], 48, 48),
                                         _json_mask(segmentation, 48, 48))
           assert (len(rles[g, t]) == 0) == (segmentation is None)
   assert len(seen) == 6 and sum(s == "holdout" for s in seen.values()) == 2
@@ -100,10 +105,10 @@ def test_compressed_rle_and_polygon_segmentations(raw, tmp_path):
   rles = common.split_rles(record["rles"], len(record["annotation_ids"]), record["length"])
   row = list(record["annotation_ids"]).index(ann0["id"])
   for t, seg in enumerate(ann0["segmentations"]):
-    np.testing.assert_array_equal(common.decode_rle(rles[row, t], 48, 48), _json_mask(seg, 48, 48))
+    np.testing.assert_array_equal(_stored_mask(rles[row, t], 48, 48), _json_mask(seg, 48, 48))
   record = by_id[ann1["video_id"]]
   rles = common.split_rles(record["rles"], len(record["annotation_ids"]), record["length"])
-  polygon_mask = common.decode_rle(rles[list(record["annotation_ids"]).index(ann1["id"]), 0], 48, 48)
+  polygon_mask = _stored_mask(rles[list(record["annotation_ids"]).index(ann1["id"]), 0], 48, 48)
   assert polygon_mask[3:10, 3:20].all() and polygon_mask.sum() < 19 * 9 + 30 and not polygon_mask[20:].any()
 
 
@@ -209,7 +214,7 @@ def test_coco_builder_maps_categories_and_round_trips(raw, tmp_path):
       assert record["iscrowd"][g] == ann["iscrowd"]
       expected = (mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], 48, 48)))
                   if isinstance(ann["segmentation"], list) else _json_mask(ann["segmentation"], 48, 48))
-      np.testing.assert_array_equal(common.decode_rle(record["rles"][g], 48, 48), expected.astype(bool))
+      np.testing.assert_array_equal(_stored_mask(record["rles"][g], 48, 48), expected.astype(bool))
       found += 1
   assert found == len(kept) >= 3
 

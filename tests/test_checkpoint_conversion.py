@@ -163,6 +163,7 @@ def test_whole_lomm_checkpoint_converts_segmenter_and_tracker(tmp_path):
   path = _write_model_pickle(tmp_path / "lomm.pkl", checkpoint)
   config, params = cc.convert_file(str(path), num_heads=4)
   assert sorted(params) == ["segmenter", "tracker"]
+  assert config.association.method == "o2vis"
   assert config.tracker.num_layers == 3 and config.tracker.num_heads == 4
   np.testing.assert_array_equal(params["tracker"]["class_embed"]["kernel"],
                                 np.asarray(tracker["class_embed.weight"], np.float32).T)
@@ -170,13 +171,13 @@ def test_whole_lomm_checkpoint_converts_segmenter_and_tracker(tmp_path):
   checkpoint["tracker.class_embed.weight"] = np.zeros((4, 32), np.float32)
   checkpoint["tracker.class_embed.bias"] = np.zeros(4, np.float32)
   _write_model_pickle(path, checkpoint)
-  with pytest.raises(cc.ConversionError, match="num_classes 3, the segmenter has 5"):
+  with pytest.raises(cc.ConversionError, match="o2vis weights have num_classes 3, the segmenter has 5"):
     cc.convert_file(str(path), num_heads=4)
 
 
 @pytest.mark.parametrize("depth", [18, 101])
 def test_tables_cover_every_param_for_other_depths(depth):
-  from configs.parts import segmenter as segmenter_config
+  from o2vis_jax.defaults import segmenter as segmenter_config
   model_config = segmenter_config.get()
   model_config.backbone.depth, model_config.backbone.width = depth, 4
   model_config.hidden_dim = model_config.pixel_decoder.conv_dim = 32
@@ -197,7 +198,37 @@ def test_whole_te_only_checkpoint_converts_segmenter_and_tracker_e(tmp_path):
   checkpoint.update({f"tracker_E.{k}": np.asarray(v, np.float32) for k, v in tracker.items()})
   path = _write_model_pickle(tmp_path / "lomm_e.pkl", checkpoint)
   config, params = cc.convert_file(str(path), num_heads=4)
-  assert config.tracker.mode == "te_only" and config.tracker.num_layers == 2
+  assert config.association.method == "o2vis_te_only" and config.tracker.num_layers == 2
   assert "ref_proj_E" in params["tracker"] and "ref_proj" not in params["tracker"]
   np.testing.assert_array_equal(params["tracker"]["class_embed"]["kernel"],
                                 np.asarray(tracker["class_embed.weight"], np.float32).T)
+
+
+def test_association_from_reference_dispatches_to_the_method():
+  import reference_numpy
+  sd = reference_numpy.random_state_dict(np.random.default_rng(3), 16, 3, 24, num_layers=2)
+  config, params = cc.association_from_reference("o2vis", {f"tracker.{k}": v for k, v in sd.items()}, 4)
+  want_config, want_params = cc.tracker_from_reference(sd, 4)
+  assert config.association.method == "o2vis" and config.to_dict() == want_config.to_dict()
+  jax.tree.map(np.testing.assert_array_equal, params, want_params)
+  with pytest.raises(ValueError, match="not a registered association method"):
+    cc.association_from_reference("no_such_method", sd, 4)
+  with pytest.raises(NotImplementedError, match="training_free.*no reference checkpoint converter"):
+    cc.association_from_reference("training_free", sd, 4)
+
+
+@pytest.mark.parametrize("mode,method", [("trackers", "o2vis"), ("te_only", "o2vis_te_only"),
+                                         ("baseline", "training_free")])
+def test_configs_written_before_the_association_seam_are_upgraded(mode, method):
+  import ml_collections
+  legacy = ml_collections.ConfigDict(dict(tracker=dict(
+      num_layers=3, matcher="device", mode=mode,
+      baseline=dict(memory="none", matching="hungarian", top_k=7))))
+  config = cc.upgrade_config(legacy)
+  assert config.association.method == method
+  assert "mode" not in config.tracker and "baseline" not in config.tracker
+  assert config.training_free.to_dict() == dict(memory="none", matching="hungarian", top_k=7,
+                                                matcher="device")
+  assert cc.upgrade_config(config) is config       # today's layout is left alone
+  with pytest.raises(ValueError, match="config.tracker.mode='nope'"):
+    cc.upgrade_config(ml_collections.ConfigDict(dict(tracker=dict(mode="nope"))))

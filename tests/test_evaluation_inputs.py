@@ -205,6 +205,23 @@ def test_run_lengths_of_long_runs():
   assert (runs[0], runs[1], runs[2], runs[-1]) == (200 * 720 + 100, 500, 220, 180 * 720 + 120)
 
 
+def test_decode_mask_reads_every_counts_form_and_masks_from_counts_the_records():
+  mask = box(H, W, 2, 6, 1, 5)
+  compressed = mask_utils.encode(np.asfortranarray(mask))
+  flat = mask.flatten(order="F")
+  uncompressed = [int(n) for n in np.diff(np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1,
+                                                          [flat.size]]))]
+  for counts in (compressed["counts"], compressed["counts"].decode(), uncompressed):
+    decoded = rle_lib.decode_mask({"size": [H, W], "counts": counts})
+    assert decoded.dtype == bool
+    np.testing.assert_array_equal(decoded, mask)
+  stored = rle_lib.masks_from_counts(np.array([b"", compressed["counts"]], dtype=object), H, W)
+  assert stored.shape == (2, H, W) and not stored[0].any()
+  np.testing.assert_array_equal(stored[1], mask)
+  with pytest.raises(ValueError, match="size"):
+    rle_lib.decode_mask({"counts": compressed["counts"]})
+
+
 # ---------------------------------------------------------------------------------------------
 # Results files
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from data import synthetic
+from o2vis_jax.datasets import synthetic
 from o2vis_jax.evaluation import results as results_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,7 +13,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from o2vis_jax import inference, video_io
+from o2vis_jax import association, inference, video_io
+from o2vis_jax.evaluation import rle as rle_lib
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,15 +91,18 @@ def test_rle_round_trip(num, height, width, seed):
   for mask, rle in zip(masks, rles):
     assert isinstance(rle["counts"], str) and rle["size"] == [height, width]
     json.dumps(rle)
-    np.testing.assert_array_equal(inference.decode_rle(rle), mask)
+    np.testing.assert_array_equal(rle_lib.decode_mask(rle), mask)
 
 
 def test_results_format_and_category_mapping():
   masks = np.zeros((2, 3, 4, 5), bool)     # [N, T, H, W]
   masks[1, :, 1:3, 2:4] = True
+  mean_logits = np.log(np.array([[1.0, 1.0, 8.0], [7.0, 2.0, 1.0]]))
+  o2vis = association.get("o2vis")
   prediction = inference.VideoPrediction(
-      mean_logits=np.log(np.array([[1.0, 1.0, 8.0], [7.0, 2.0, 1.0]])),
-      slot_rles=[inference.encode_rle(masks[n]) for n in range(2)], height=4, width=5)
+      mean_logits=mean_logits, slot_rles=[inference.encode_rle(masks[n]) for n in range(2)], height=4,
+      width=5, score_instances=lambda k: o2vis.score_instances(
+          None, {"logit_sum": 3 * mean_logits, "count": 3}, k))
   assert prediction.num_frames == 3
   instances = prediction.instances(max_num=2)
   assert [(i["identity"], i["label"]) for i in instances] == [(1, 0), (1, 1)]
@@ -107,7 +111,7 @@ def test_results_format_and_category_mapping():
   assert [r["category_id"] for r in loaded] == [3, 9]
   assert loaded[0]["video_id"] == 17 and loaded[0]["score"] == pytest.approx(0.7)
   assert len(loaded[0]["segmentations"]) == 3
-  np.testing.assert_array_equal(inference.decode_rle(loaded[0]["segmentations"][2]), masks[1, 2])
+  np.testing.assert_array_equal(rle_lib.decode_mask(loaded[0]["segmentations"][2]), masks[1, 2])
   assert [r["category_id"] for r in inference.to_results(instances, 17)] == [1, 2]
   np.testing.assert_array_equal(prediction.slot_masks(1), masks[:, 1])
   every_slot = prediction.slot_instances()      # best class per slot, for drawing all tracks
@@ -259,6 +263,12 @@ def test_chunked_equals_one_shot_trackers(tracker_predictions, video):
     np.testing.assert_allclose([i["score"] for i in predictions[chunk].instances(5)], want_scores,
                                rtol=1e-4)
     assert len(got) == 5
+  # The streaming scoring (per chunk) equals the method's scoring of the whole outputs.
+  config = predictors[2].config
+  whole = association.video_instances(config, {"pred_logits": predictions[7].frame_logits}, 5)
+  streamed = predictions[2].instances(5)
+  assert [(i["slot"], i["label"]) for i in whole] == [(i["identity"], i["label"]) for i in streamed]
+  np.testing.assert_allclose([i["score"] for i in whole], [i["score"] for i in streamed], rtol=1e-4)
 
 
 def test_padded_frames_change_nothing(tiny_model, tracker_predictions, video):
@@ -291,7 +301,7 @@ def test_padded_frames_change_nothing(tiny_model, tracker_predictions, video):
 def baseline_predictions(tiny_model, video):
   from configs import tiny
   config = tiny.get_config()
-  config.tracker.mode = "baseline"
+  config.association.method = "training_free"
   config.inference.max_num = 3
   _, params = tiny_model
   predictors = {c: inference.VideoPredictor.from_config(config, params, chunk_size=c) for c in (3, 7)}

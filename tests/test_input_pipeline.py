@@ -1,5 +1,6 @@
 """Input pipeline: batch format, mask / pixel alignment under augmentation, exact restore from state,
-disjoint shards, determinism, padding buckets, and the chunked evaluation stream."""
+disjoint shards, determinism, padding buckets, and the synthetic dataset prepared on demand. (The chunked
+evaluation stream is `video_io.iter_chunks`, tested in test_video_io.py.)"""
 
 import io
 
@@ -10,7 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from configs import tiny
-from data import builders, synthetic
+from o2vis_jax.datasets import builders, synthetic
 from o2vis_jax import input_pipeline
 
 # pycocotools 2.0.11 warns about numpy 2 `__array__` on every decode; nothing of ours.
@@ -26,7 +27,6 @@ def config():
 def built(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("pipeline"))
   synthetic.generate(root + "/raw", "train", num_videos=8, seed=0, size=96, num_frames=8)
-  synthetic.generate(root + "/raw", "valid", num_videos=2, seed=1, size=80, num_frames=7)
   return builders.build("synthetic", root + "/raw", root + "/built")
 
 
@@ -205,34 +205,6 @@ def test_pad_batch_picks_the_smallest_fitting_bucket():
                                   pad_value=(0, 0, 0))["frames"].shape[2:4] == (96, 96)
   with pytest.raises(ValueError, match="fits none of config.data.pad_buckets"):
     input_pipeline.pad_batch([clip(100, 20)], buckets=buckets, max_instances=1, pad_value=(0, 0, 0))
-
-
-def test_chunk_video_pads_the_last_chunk():
-  frames = [np.full((30, 40, 3), i, np.uint8) for i in range(10)]
-  chunks = list(input_pipeline.chunk_video(iter(frames), 4, resized_hw=(15, 20), padded_hw=(32, 32),
-                                           pad_value=(9, 9, 9)))
-  assert [c["start"] for c in chunks] == [0, 4, 8]
-  assert [c["frame_valid"].tolist() for c in chunks][-1] == [True, True, False, False]
-  last = chunks[-1]
-  assert last["frames"].shape == (4, 32, 32, 3)
-  assert (last["frames"][1, :15, :20] == 9).all() and (last["frames"][1, 15:] == 9).all()
-  assert (last["frames"][0, :15, :20] == 8).all()
-  assert last["pixel_valid"][0].sum() == 15 * 20 and not last["pixel_valid"][2:].any()
-
-
-def test_eval_videos_whole_videos_at_test_size(config, built):
-  source, _ = builders.open_split(built, "valid")
-  videos = list(input_pipeline.eval_videos(config, source, shard_options=grain.sharding.NoSharding()))
-  assert len(videos) == 2
-  for metadata, chunks in videos:
-    assert (metadata["height"], metadata["width"], metadata["length"]) == (80, 80, 7)
-    side = config.inference.min_size_test
-    assert (metadata["resized_height"], metadata["resized_width"]) == (side, side)
-    div = config.inference.size_divisibility
-    assert metadata["padded_height"] == -(-side // div) * div
-    chunks = list(chunks)
-    assert sum(c["frame_valid"].sum() for c in chunks) == 7
-    assert all(c["frames"].shape[0] == config.inference.chunk_size for c in chunks)
 
 
 def test_prepare_synthetic_generates_once(config, tmp_path):

@@ -1,13 +1,17 @@
 """Every loss against NumPy on small inputs; T_E's modified targets and L_sim on the probe scenarios of
-REFERENCE.md 7.3 (tables derived by hand); the tracker and segmenter criteria end to end."""
+REFERENCE.md 7.3 (tables derived by hand); the tracker, T_E-only and segmenter criteria end to end
+(`o2vis_jax.losses`, `association/o2vis/loss.py`, `association/o2vis_te_only/loss.py`)."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from o2vis_jax import losses
-from o2vis_jax import point_sampling
+from o2vis_jax.association.o2vis import loss as o2vis_loss
+from o2vis_jax.association.o2vis_te_only import loss as te_only_loss
+from o2vis_jax.losses import point_sampling
 
 K = 3            # classes; no-object = 3.
 CONFIG = losses.LossConfig(num_points=16)
@@ -101,14 +105,14 @@ def test_probe_a_new_object_at_frame_2():
   # so its T_E label is no-object for the whole clip and its mask is zeroed at frame 2 only.
   targets = _targets([[1, 0], [1, 0], [1, 1], [1, 1]], [0, 1])
   query_of_gt = jnp.asarray([1, 0])
-  positive, judged = losses.reference_sim_targets(targets, query_of_gt)
+  positive, judged = o2vis_loss.reference_sim_targets(targets, query_of_gt)
   np.testing.assert_array_equal(np.asarray(judged), [[0, 0], [1, 1], [1, 1], [1, 1]])
   np.testing.assert_array_equal(np.asarray(positive), [[0, 0], [1, 1], [1, 0], [1, 1]])
-  modified = losses.modified_targets(targets, query_of_gt, K, "reference")
+  modified = o2vis_loss.modified_targets(targets, query_of_gt, K, "reference")
   np.testing.assert_array_equal(np.asarray(modified.labels), [[0, K]] * 4)
   mask_sums = np.asarray(modified.masks).sum((2, 3))
   np.testing.assert_array_equal(mask_sums, [[16, 0], [16, 0], [16, 0], [16, 16]])
-  paper = losses.modified_targets(targets, query_of_gt, K, "paper")
+  paper = o2vis_loss.modified_targets(targets, query_of_gt, K, "paper")
   np.testing.assert_array_equal(np.asarray(paper.labels), [[0, 1], [0, 1], [0, K], [0, 1]])
   np.testing.assert_array_equal(np.asarray(paper.masks).sum((2, 3)), [[16, 0], [16, 0], [16, 0], [16, 16]])
 
@@ -119,14 +123,14 @@ def test_probe_b_object_vanishing_at_frame_2():
   # where its mask stays. At t = 3, -1 occurred at frame 2: positive.
   targets = _targets([[1, 1], [1, 1], [1, 0], [1, 0]], [0, 2])
   query_of_gt = jnp.asarray([1, 0])
-  positive, _ = losses.reference_sim_targets(targets, query_of_gt)
+  positive, _ = o2vis_loss.reference_sim_targets(targets, query_of_gt)
   np.testing.assert_array_equal(np.asarray(positive), [[0, 0], [1, 1], [1, 0], [1, 1]])
-  modified = losses.modified_targets(targets, query_of_gt, K, "reference")
+  modified = o2vis_loss.modified_targets(targets, query_of_gt, K, "reference")
   np.testing.assert_array_equal(np.asarray(modified.labels), [[0, K]] * 4)
   np.testing.assert_array_equal(np.asarray(modified.masks).sum((2, 3)),
                                 [[16, 16], [16, 16], [16, 0], [16, 0]])
   # The paper's rule only concerns appearances: nothing changes here.
-  paper = losses.modified_targets(targets, query_of_gt, K, "paper")
+  paper = o2vis_loss.modified_targets(targets, query_of_gt, K, "paper")
   np.testing.assert_array_equal(np.asarray(paper.labels), np.asarray(targets.labels))
 
 
@@ -153,12 +157,12 @@ def test_similarity_loss_reference_on_hand_table():
   rng = np.random.default_rng(3)
   s = rng.uniform(-0.5, 1.0, size=(4, 5)).astype(np.float32)
   targets = _targets(PRESENT, LABELS, VALID)
-  got = losses.similarity_loss_reference(jnp.asarray(s), targets, jnp.asarray(QUERY_OF_GT))
+  got = o2vis_loss.similarity_loss_reference(jnp.asarray(s), targets, jnp.asarray(QUERY_OF_GT))
   np.testing.assert_allclose(float(got), _hand_sim_reference(s.astype(np.float64)), rtol=1e-5)
-  modified = losses.modified_targets(targets, jnp.asarray(QUERY_OF_GT), K, "reference")
+  modified = o2vis_loss.modified_targets(targets, jnp.asarray(QUERY_OF_GT), K, "reference")
   np.testing.assert_array_equal(np.asarray(modified.labels)[:, :3], [[0, K, 2]] * 4)
   # Gradient (only through s): d/ds (s-1)^2 / (|pos_t| T) and s^2 / (|neg_t| T) at the matched slots.
-  grad = np.asarray(jax.grad(losses.similarity_loss_reference)(jnp.asarray(s), targets,
+  grad = np.asarray(jax.grad(o2vis_loss.similarity_loss_reference)(jnp.asarray(s), targets,
                                                                jnp.asarray(QUERY_OF_GT)))
   want = np.zeros((4, 5))
   want[1, [1, 3, 0]] = 2 * (s[1, [1, 3, 0]] - 1) / (3 * 4)
@@ -167,7 +171,7 @@ def test_similarity_loss_reference_on_hand_table():
   want[3, [1, 3, 0]] = 2 * (s[3, [1, 3, 0]] - 1) / (3 * 4)
   np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-7)
   # No matched pair at all: the reference replaces the (zero) loss by 0.
-  none = losses.similarity_loss_reference(jnp.asarray(s), targets, jnp.full((4,), -1))
+  none = o2vis_loss.similarity_loss_reference(jnp.asarray(s), targets, jnp.full((4,), -1))
   assert float(none) == 0.0
 
 
@@ -176,7 +180,7 @@ def test_similarity_loss_paper_eq11():
   s = rng.uniform(-0.5, 1.0, size=(4, 5)).astype(np.float32)
   occupied = rng.uniform(size=(4, 5)) > 0.5
   targets = _targets(PRESENT, LABELS, VALID)
-  got = losses.similarity_loss_paper(jnp.asarray(s), jnp.asarray(occupied), targets,
+  got = o2vis_loss.similarity_loss_paper(jnp.asarray(s), jnp.asarray(occupied), targets,
                                      jnp.asarray(QUERY_OF_GT))
   want = sum((s[t, q] - occupied[t, q]) ** 2 for t in range(1, 4) for q in (1, 3, 0)) / (4 * 3)
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
@@ -225,7 +229,7 @@ def _tracker_outputs(rng):
   return jax.tree.map(jnp.asarray, outputs), perm
 
 
-_tracker_criterion = jax.jit(losses.tracker_criterion, static_argnames=("config",))
+_tracker_criterion = jax.jit(o2vis_loss.tracker_criterion, static_argnames=("config",))
 
 
 def test_tracker_criterion_terms_and_values():
@@ -291,7 +295,7 @@ def test_tracker_criterion_paper_rules():
   targets = _targets(PRESENT, LABELS, VALID)
   paper = losses.LossConfig(num_points=16, target_rule="paper", sim_rule="paper")
   with pytest.raises(KeyError, match="prev_occupied"):
-    losses.tracker_criterion(jax.random.PRNGKey(0), outputs, targets, jnp.float32(12.0), paper)
+    o2vis_loss.tracker_criterion(jax.random.PRNGKey(0), outputs, targets, jnp.float32(12.0), paper)
   with pytest.raises(ValueError, match="target_rule"):
     losses.LossConfig(target_rule="papr")
   occupied = rng.uniform(size=(4, 5)) > 0.5
@@ -310,7 +314,35 @@ def test_tracker_criterion_paper_rules():
                              numpy_weighted_ce(np.asarray(outputs["pred_logits_E"]), classes), rtol=1e-5)
 
 
-def test_tracker_loss_batch_is_the_mean_of_videos():
+def test_te_only_criterion_early_matching_and_e_terms_only():
+  rng = np.random.default_rng(12)
+  outputs, _ = _tracker_outputs(rng)
+  outputs = {k: v for k, v in outputs.items() if k not in ("aux", "similarity")}
+  targets = _targets(PRESENT, LABELS, VALID)
+  key = jax.random.PRNGKey(4)
+  total, terms = jax.jit(te_only_loss.te_only_criterion, static_argnames=("config",))(
+      key, outputs, targets, jnp.float32(12.0), config=CONFIG)
+  assert set(terms) == {f"loss_{n}{s}" for n in ("ce", "mask", "dice") for s in ("_E", "_E_0", "_E_1")}
+  # The assignment is made once on pred_logits / pred_masks (QUERY_OF_GT) and kept for every T_E set,
+  # against the modified targets (GT 1 is no-object clip-wide).
+  for name, logits in (("loss_ce_E", outputs["pred_logits_E"]),
+                       ("loss_ce_E_0", outputs["aux_E"][0]["pred_logits"]),
+                       ("loss_ce_E_1", outputs["aux_E"][1]["pred_logits"])):
+    np.testing.assert_allclose(float(terms[name]),
+                               _ce_with_assignment(np.asarray(logits), QUERY_OF_GT, [0, K, 2, 0]),
+                               rtol=1e-5, err_msg=name)
+  # Randomness: match, main and aux keys are split(key, 3); the main set's points use the second.
+  _, main_key, _ = jax.random.split(key, 3)
+  modified = o2vis_loss.modified_targets(targets, jnp.asarray(QUERY_OF_GT), K, "reference")
+  want = losses.set_loss(main_key, outputs["pred_logits_E"], outputs["pred_masks_E"], modified,
+                         jnp.asarray(QUERY_OF_GT), jnp.float32(12.0), CONFIG, "_E")
+  for name, value in want.items():
+    np.testing.assert_allclose(float(terms[name]), float(value), rtol=1e-6, err_msg=name)
+  np.testing.assert_allclose(float(total), sum(CONFIG.weight_of(n) * float(v) for n, v in terms.items()),
+                             rtol=1e-5)
+
+
+def test_mean_over_videos_is_the_mean_of_the_tracker_criterion():
   rng = np.random.default_rng(8)
   outputs, _ = _tracker_outputs(rng)
   outputs_2, _ = _tracker_outputs(rng)
@@ -322,15 +354,21 @@ def test_tracker_loss_batch_is_the_mean_of_videos():
   np.testing.assert_array_equal(np.asarray(counts), [12.0, 8.0])
   num_masks = losses.average_num_masks(counts)
   np.testing.assert_allclose(float(num_masks), 10.0)
-  key = jax.random.PRNGKey(2)
-  total, terms = jax.jit(losses.tracker_loss, static_argnames=("config",))(
-      key, batch_outputs, batch_targets, num_masks, config=CONFIG)
-  keys = jax.random.split(key, 2)
+  keys = jax.random.split(jax.random.PRNGKey(2), 2)     # raw uint32 key data [B, 2], as the trainer's.
+  batch_loss = jax.jit(lambda k, o, t, n: losses.mean_over_videos(
+      lambda key, video_outputs, video_targets: o2vis_loss.tracker_criterion(
+          key, video_outputs, video_targets, n, CONFIG), k, o, t))
+  total, terms = batch_loss(keys, batch_outputs, batch_targets, num_masks)
   per_video = [_tracker_criterion(keys[0], outputs, targets, num_masks, config=CONFIG),
                _tracker_criterion(keys[1], outputs_2, targets_2, num_masks, config=CONFIG)]
+  assert set(terms) == set(per_video[0][1]), sorted(terms)
   np.testing.assert_allclose(float(total), np.mean([float(p[0]) for p in per_video]), rtol=1e-5)
-  np.testing.assert_allclose(float(terms["loss_sim"]),
-                             np.mean([float(p[1]["loss_sim"]) for p in per_video]), rtol=1e-5)
+  for name in terms:
+    np.testing.assert_allclose(float(terms[name]), np.mean([float(p[1][name]) for p in per_video]),
+                               rtol=1e-5, err_msg=name)
+  # Typed keys give the same numbers as their raw key data.
+  typed_total, _ = batch_loss(jax.random.wrap_key_data(keys), batch_outputs, batch_targets, num_masks)
+  assert float(typed_total) == float(total)
 
 
 def test_average_num_masks_over_devices():
@@ -404,12 +442,33 @@ def test_segmenter_criterion_per_frame_deep_supervision():
 
 
 def test_loss_config_from_experiment_config():
-  import ml_collections
-  config = ml_collections.ConfigDict({"tracker": {"semantics": "paper", "matcher": "device"},
+  config = ml_collections.ConfigDict({"tracker": {"semantics": "reference", "matcher": "host"},
                                       "loss": {"num_points": 64, "sim_weight": 2.0}})
-  got = losses.loss_config_from(config)
+  # The method's section is not read: its rules and matcher come as defaults, which config.loss overrides.
+  got = losses.loss_config_from(config, target_rule="paper", sim_rule="paper", matcher="device")
   assert (got.target_rule, got.sim_rule, got.matcher, got.num_points, got.sim_weight) == (
       "paper", "paper", "device", 64, 2.0)
+  config.loss.matcher = "host"
+  assert losses.loss_config_from(config, matcher="device").matcher == "host"
+  assert losses.loss_config_from(ml_collections.ConfigDict()) == losses.LossConfig()
+  with pytest.raises(TypeError, match="semantics"):
+    losses.loss_config_from(config, semantics="paper")
+
+
+def test_default_loss_config_is_loss_config_defaults():
+  defaults = losses.LossConfig()
+  section = losses.default_config()
+  assert set(section) == set(losses.config.CONFIG_FIELDS)
+  for name, value in section.items():
+    assert value == getattr(defaults, name), name
+  # The experiment config's section builds exactly the default LossConfig.
+  config = ml_collections.ConfigDict({"loss": section})
+  assert losses.loss_config_from(config) == defaults
+  losses.tiny(config)
+  assert config.loss.num_points == 64
+  # The matching cost's default weights are the loss weights.
+  assert losses.CostWeights() == losses.CostWeights.of(defaults) == (
+      defaults.class_weight, defaults.mask_weight, defaults.dice_weight)
 
 
 def test_tracker_outputs_from_track_layout():
@@ -424,7 +483,7 @@ def test_tracker_outputs_from_track_layout():
       "aux_masks_E": rng.normal(size=(b, t, layers, n, h, h)),
       "similarity": rng.normal(size=(b, t, n)), "occupied": rng.uniform(size=(b, t, n)) > 0.5}
   track = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in track.items()}
-  got = losses.tracker_outputs_from_track(jax.tree.map(jnp.asarray, track))
+  got = o2vis_loss.tracker_outputs_from_track(jax.tree.map(jnp.asarray, track))
   assert len(got["aux"]) == len(got["aux_E"]) == layers
   np.testing.assert_array_equal(np.asarray(got["aux"][1]["pred_logits"]), track["aux_logits"][:, :, 1])
   np.testing.assert_array_equal(np.asarray(got["aux_E"][0]["pred_masks"]), track["aux_masks_E"][:, :, 0])

@@ -13,14 +13,14 @@ import scipy.optimize
 from jax.sharding import Mesh, PartitionSpec as P
 
 import reference_numpy as ref
-from o2vis_jax import matching
+from o2vis_jax.association.ops.hungarian import hungarian, hungarian_numpy, occupancy_guided_matching
 
 MAX = 7  # every problem is padded to [MAX, MAX] so each matcher compiles once.
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted(matcher):
-  return jax.jit(lambda c, r, k: matching.hungarian(c, r, k, matcher=matcher))
+  return jax.jit(lambda c, r, k: hungarian(c, r, k, matcher=matcher))
 
 
 def _pad(cost, rows, cols):
@@ -67,17 +67,17 @@ def test_random_square_and_rectangular_match_scipy(matcher):
 @pytest.mark.parametrize("matcher", ["host", "device"])
 def test_host_equals_scipy_exactly_and_hand_case(matcher):
   cost = np.array([[4., 1., 3.], [2., 0., 5.], [3., 2., 2.]], np.float32)
-  got = np.asarray(matching.hungarian(cost, matcher=matcher))
+  got = np.asarray(hungarian(cost, matcher=matcher))
   np.testing.assert_array_equal(got, [1, 0, 2])  # total 5, the unique optimum.
   # More rows than columns: the cheapest two rows get the columns, the other gets -1.
   tall = np.array([[1., 9.], [9., 1.], [5., 5.]], np.float32)
-  got = np.asarray(matching.hungarian(tall, matcher=matcher))
+  got = np.asarray(hungarian(tall, matcher=matcher))
   np.testing.assert_array_equal(got, [0, 1, -1])
 
 
 @pytest.mark.parametrize("matcher", ["host", "device"])
 def test_all_ties_give_a_permutation(matcher):
-  got = np.asarray(matching.hungarian(np.ones((5, 5), np.float32), matcher=matcher))
+  got = np.asarray(hungarian(np.ones((5, 5), np.float32), matcher=matcher))
   np.testing.assert_array_equal(np.sort(got), np.arange(5))
 
 
@@ -85,9 +85,9 @@ def test_all_ties_give_a_permutation(matcher):
 def test_nan_costs_count_as_zero(matcher):
   cost = np.array([[np.nan, 1.], [0.5, 3.]], np.float32)
   # NaN -> 0: [0->0, 1->1] costs 3, [0->1, 1->0] costs 1.5.
-  np.testing.assert_array_equal(np.asarray(matching.hungarian(cost, matcher=matcher)), [1, 0])
+  np.testing.assert_array_equal(np.asarray(hungarian(cost, matcher=matcher)), [1, 0])
   cost = np.array([[np.nan, 1.], [1., 0.5]], np.float32)  # 0 + 0.5 beats 1 + 1.
-  np.testing.assert_array_equal(np.asarray(matching.hungarian(cost, matcher=matcher)), [0, 1])
+  np.testing.assert_array_equal(np.asarray(hungarian(cost, matcher=matcher)), [0, 1])
 
 
 @pytest.mark.parametrize("matcher", ["host", "device"])
@@ -98,8 +98,8 @@ def test_empty_problems(matcher):
   for rv, cv in ((none, every), (every, none), (none, none)):
     np.testing.assert_array_equal(np.asarray(solve(cost, rv, cv)), -np.ones(MAX))
   # Zero-size shapes (a 0x0 problem returns an empty index vector, REFERENCE.md section 2).
-  assert matching.hungarian(np.zeros((0, 3)), matcher=matcher).shape == (0,)
-  np.testing.assert_array_equal(np.asarray(matching.hungarian(np.zeros((2, 0)), matcher=matcher)), [-1, -1])
+  assert hungarian(np.zeros((0, 3)), matcher=matcher).shape == (0,)
+  np.testing.assert_array_equal(np.asarray(hungarian(np.zeros((2, 0)), matcher=matcher)), [-1, -1])
 
 
 @pytest.mark.parametrize("matcher", ["host", "device"])
@@ -117,10 +117,10 @@ def test_jit_vmap_scan_and_zero_gradient(matcher):
   rng = np.random.default_rng(1)
   costs = rng.normal(size=(3, 2, 4, 5)).astype(np.float32)
   row_valid = rng.random((3, 2, 4)) < 0.8
-  want = matching.hungarian_numpy(costs, row_valid, np.ones(5, bool))
+  want = hungarian_numpy(costs, row_valid, np.ones(5, bool))
   # Two vmaps over the leading axes; the column mask is unbatched.
   vmapped = jax.jit(jax.vmap(jax.vmap(
-      lambda c, r: matching.hungarian(c, r, jnp.ones(5, bool), matcher=matcher))))
+      lambda c, r: hungarian(c, r, jnp.ones(5, bool), matcher=matcher))))
   got = np.asarray(vmapped(costs, row_valid))
   for idx in np.ndindex(3, 2):
     _check_against_scipy(costs[idx], row_valid[idx], np.ones(5, bool), got[idx])
@@ -129,7 +129,7 @@ def test_jit_vmap_scan_and_zero_gradient(matcher):
 
   def body(total, xs):
     cost, rv = xs
-    a = matching.hungarian(cost, rv, matcher=matcher)
+    a = hungarian(cost, rv, matcher=matcher)
     picked = jnp.take_along_axis(cost, jnp.maximum(a, 0)[:, None], axis=1)[:, 0]
     return total + jnp.sum(jnp.where(a >= 0, picked, 0.0)), a
 
@@ -152,7 +152,7 @@ def test_shard_map_over_four_devices(matcher):
   mesh = Mesh(devices, ("batch",))
   rng = np.random.default_rng(2)
   costs = rng.normal(size=(8, 5, 5)).astype(np.float32)
-  fn = jax.jit(jax.shard_map(lambda c: matching.hungarian(c, matcher=matcher), mesh=mesh,
+  fn = jax.jit(jax.shard_map(lambda c: hungarian(c, matcher=matcher), mesh=mesh,
                              in_specs=P("batch"), out_specs=P("batch")))
   got = np.asarray(fn(costs))
   for b in range(8):
@@ -163,7 +163,7 @@ def test_shard_map_over_four_devices(matcher):
 def test_ohm_matches_reference_all_branches(matcher):
   rng = np.random.default_rng(3)
   n, c = 6, 8
-  fn = jax.jit(lambda s, x, o: matching.occupancy_guided_matching(s, x, o, matcher=matcher))
+  fn = jax.jit(lambda s, x, o: occupancy_guided_matching(s, x, o, matcher=matcher))
   for occupied in (np.zeros(n, bool), np.ones(n, bool), np.array([1, 0, 1, 1, 0, 0], bool),
                    np.array([0, 0, 0, 0, 0, 1], bool)):
     for _ in range(5):
@@ -189,12 +189,12 @@ def test_ohm_stage_order_hand_case():
   slots = np.array([[1.0, 0.0], [1.0, 0.1]], np.float32)
   cur = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
   for matcher in ("host", "device"):
-    got = matching.occupancy_guided_matching(slots, cur, np.array([False, True]), matcher=matcher)
+    got = occupancy_guided_matching(slots, cur, np.array([False, True]), matcher=matcher)
     np.testing.assert_array_equal(np.asarray(got), [1, 0])
-    got = matching.occupancy_guided_matching(slots, cur, np.array([False, False]), matcher=matcher)
+    got = occupancy_guided_matching(slots, cur, np.array([False, False]), matcher=matcher)
     np.testing.assert_array_equal(np.asarray(got), [0, 1])
 
 
 def test_unknown_matcher_is_named():
   with pytest.raises(ValueError, match="matcher must be one of"):
-    matching.hungarian(np.zeros((2, 2)), matcher="greedy")
+    hungarian(np.zeros((2, 2)), matcher="greedy")

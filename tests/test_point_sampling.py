@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from o2vis_jax import point_sampling
+from o2vis_jax.losses import point_sampling
 
 
 def numpy_point_sample(values, coords):

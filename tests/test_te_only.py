@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import reference_numpy_te as ref_te
-from o2vis_jax import te_only, video_model
-from o2vis_jax.checkpoint_conversion.segmenter import ConversionError
-from o2vis_jax.checkpoint_conversion.tracker import te_only_from_reference
+from o2vis_jax import association
+from o2vis_jax.checkpoint_conversion import ConversionError, te_only_from_reference
+
+METHOD = association.get("o2vis_te_only")
 
 C, K, FFN, N, T, HEADS, LAYERS, H, W = 16, 3, 32, 6, 5, 4, 2, 3, 4
 
@@ -45,18 +46,15 @@ def _inputs(seed, occupied_at_0="mixed"):
   if occupied_at_0 == "none":
     logits[0, :, K] += 10.0            # frame 0 all no-object: t=1 uses the plain Hungarian.
   inputs = dict(embeds=embeds, embeds_without_norm=rng.normal(size=(T, N, C)),
-                mask_features=rng.normal(size=(T, H, W, C)), segmenter_logits=logits,
-                segmenter_masks=masks)
+                mask_features=rng.normal(size=(T, H, W, C)), logits=logits, masks=masks)
   return inputs, perms
 
 
 @functools.lru_cache(maxsize=None)
 def _track_fn(train):
   _, config, _ = _weights()
-  return jax.jit(lambda params, inputs, valid: video_model.track(
-      config, params, inputs["embeds"], inputs["embeds_without_norm"], inputs["mask_features"],
-      frame_valid=valid, segmenter_logits=inputs["segmenter_logits"],
-      segmenter_masks=inputs["segmenter_masks"], train=train))
+  return jax.jit(lambda params, inputs, valid: association.track(
+      config, params, dict(inputs, valid=valid), train=train))
 
 
 def _run(inputs, train=False, valid=None):
@@ -69,7 +67,7 @@ def _run(inputs, train=False, valid=None):
 def _reference(inputs, early_matching=False):
   sd, _, _ = _weights()
   return ref_te.run_te_only(sd, inputs["embeds"], inputs["embeds_without_norm"], inputs["mask_features"],
-                            inputs["segmenter_logits"], inputs["segmenter_masks"], LAYERS, HEADS,
+                            inputs["logits"], inputs["masks"], LAYERS, HEADS,
                             early_matching=early_matching)
 
 
@@ -98,7 +96,7 @@ def test_inference_matches_numpy_reference(x64, occupied_at_0):
   fg = (got["pred_logits"].argmax(-1) != K) & (got["pred_masks"] > 0).any(axis=(-2, -1))
   np.testing.assert_array_equal(got["occupied"], np.logical_or.accumulate(fg, axis=0))
   # The mask test matters: query 1 (empty masks) is classified as an object at some frame.
-  assert (inputs["segmenter_logits"][:, 1].argmax(-1) != K).any()
+  assert (inputs["logits"][:, 1].argmax(-1) != K).any()
 
 
 def test_training_uses_early_matching_and_matches_reference(x64):
@@ -135,9 +133,7 @@ def test_batch_of_videos_equals_single_runs(x64):
   _, config, params = _weights()
   clips = [_inputs(5)[0], _inputs(6, "none")[0]]
   batch = {k: np.stack([c[k] for c in clips]) for k in clips[0]}
-  got = jax.device_get(jax.jit(lambda p, x: video_model.track(
-      config, p, x["embeds"], x["embeds_without_norm"], x["mask_features"],
-      segmenter_logits=x["segmenter_logits"], segmenter_masks=x["segmenter_masks"]))(params, batch))
+  got = jax.device_get(jax.jit(lambda p, x: association.track(config, p, x))(params, batch))
   for i, clip in enumerate(clips):
     want = _reference(clip)
     np.testing.assert_array_equal(got["assignment"][i], np.stack(want["pi"]))
@@ -146,23 +142,24 @@ def test_batch_of_videos_equals_single_runs(x64):
 
 def test_resolve_options_and_track_inputs():
   _, config, params = _weights()
-  options = video_model.resolve_options(config.tracker)
-  assert options.mode == "te_only" and options.early_matching       # REFERENCE.md 12: always early
+  assert config.association.method == "o2vis_te_only"
+  assert METHOD.options(config).early_matching       # REFERENCE.md 12: always early in training
+  # One phase for the whole run: early matching is never switched off half-way (LOMM_online_E).
+  assert METHOD.phases == ("main",) and METHOD.phase(config, 10 ** 6) == "main"
   config.tracker.early_matching = False
-  assert not video_model.resolve_options(config.tracker).early_matching
+  assert not METHOD.options(config).early_matching
   inputs, _ = _inputs(4)
-  with pytest.raises(ValueError, match="te_only.*segmenter_masks"):
-    video_model.track(config, params, inputs["embeds"], inputs["embeds_without_norm"],
-                      inputs["mask_features"], segmenter_logits=inputs["segmenter_logits"])
+  with pytest.raises(KeyError, match="o2vis_te_only.*masks"):
+    association.track(config, params, {k: v for k, v in inputs.items() if k != "masks"})
 
 
 def test_conversion_tree_equals_init_params_and_rejects_full_tracker():
   sd, config, params = _weights()
-  fresh = te_only.init_params(config, jax.random.PRNGKey(0))
+  fresh = METHOD.init_params(config, jax.random.PRNGKey(0), num_classes=K, hidden_dim=C)
   shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
   assert shapes(fresh) == shapes(params)
   assert "ref_proj_E" in params and "ref_proj" not in params and len(params) == 3 * LAYERS + 4
-  assert config.tracker.num_layers == LAYERS and config.tracker.mode == "te_only"
+  assert config.tracker.num_layers == LAYERS and config.association.method == "o2vis_te_only"
   np.testing.assert_array_equal(params["ref_proj_E"]["layers_0"]["kernel"],
                                 sd["ref_proj_E.layers.0.weight"].T)
   broken = dict(sd)

@@ -7,8 +7,19 @@ import pytest
 
 import reference_numpy as ref
 from configs import tiny
-from o2vis_jax.checkpoint_conversion.tracker import tracker_from_reference
-from o2vis_jax.models import tracker as tracker_lib
+from o2vis_jax import association
+from o2vis_jax.checkpoint_conversion import tracker_from_reference
+
+O2VIS = association.get("o2vis")
+
+
+def _module(config):
+  return O2VIS.module(config, hidden_dim=config.model.hidden_dim, num_classes=config.model.num_classes)
+
+
+def _init(config):
+  return O2VIS.init_params(config, jax.random.PRNGKey(0), num_classes=config.model.num_classes,
+                           hidden_dim=config.model.hidden_dim)
 
 C, K, FFN, N, HEADS, LAYERS = 16, 3, 32, 5, 4, 3
 
@@ -25,7 +36,7 @@ def test_stacks_and_heads_match_numpy(converted):
   rng = np.random.default_rng(1)
   kv, anchor, feats = rng.normal(size=(N, C)), rng.normal(size=(N, C)), rng.normal(size=(3, 2, C))
   with jax.enable_x64(True):
-    model = tracker_lib.build(config)
+    model = _module(config)
 
     @jax.jit
     def run(params, kv, anchor, feats, use_anchor):
@@ -55,7 +66,7 @@ def test_stacks_and_heads_match_numpy(converted):
 def test_float32_stack_close_to_float64_reference(converted):
   sd, config, params = converted
   kv = np.random.default_rng(2).normal(size=(N, C))
-  model = tracker_lib.build(config)
+  model = _module(config)
   run = jax.jit(lambda p, kv: model.bind({"params": p}).run_stack("A", kv))
   got = run(jax.tree.map(lambda x: x.astype(np.float32), params), kv.astype(np.float32))
   assert got.dtype == jnp.float32
@@ -65,7 +76,7 @@ def test_float32_stack_close_to_float64_reference(converted):
 
 def test_init_params_tree_equals_converted_tree():
   config = tiny.get_config()
-  params = tracker_lib.init_params(config, jax.random.PRNGKey(0))
+  params = _init(config)
   c, k, f = config.model.hidden_dim, config.model.num_classes, config.tracker.ffn_dim
   sd = ref.random_state_dict(np.random.default_rng(0), c, k, f, config.tracker.num_layers)
   _, converted = tracker_from_reference(sd, config.tracker.num_heads)
@@ -77,7 +88,7 @@ def test_init_params_tree_equals_converted_tree():
 
 def test_unknown_tracker_name():
   config = tiny.get_config()
-  params = tracker_lib.init_params(config, jax.random.PRNGKey(0))
-  bound = tracker_lib.build(config).bind({"params": params})
+  params = _init(config)
+  bound = _module(config).bind({"params": params})
   with pytest.raises(ValueError, match="tracker must be one of"):
     bound.run_stack("B", jnp.zeros((2, config.model.hidden_dim)))

@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 import reference_numpy as ref
-from o2vis_jax.checkpoint_conversion.segmenter import ConversionError
-from o2vis_jax.checkpoint_conversion.tracker import tracker_from_reference
-from o2vis_jax.models import tracker as tracker_lib
+from o2vis_jax import association
+from o2vis_jax.checkpoint_conversion import ConversionError, tracker_from_reference
 
 C, K, FFN, N, HEADS, LAYERS = 16, 4, 24, 5, 4, 2
 
@@ -96,10 +95,10 @@ def test_converted_forward_equals_torch(torch_tracker):
     want_a = torch_tracker.stack("A", tk, ta).numpy()
     want_logits = torch_tracker.class_embed(torch_tracker.decoder_norm(torch.from_numpy(want_a))).numpy()
   with jax.enable_x64(True):
-    bound = tracker_lib.build(config).bind({"params": params})
+    bound = association.get("o2vis").module(config, hidden_dim=C, num_classes=K).bind({"params": params})
     got_e = np.asarray(bound.run_stack("E", kv)[-1])
     got_a = np.asarray(bound.run_stack("A", kv, anchor=anchor)[-1])
-    got_logits = np.asarray(bound.class_logits(got_a))
+    got_logits = np.asarray(bound.class_embed(bound.normed(got_a)))
   np.testing.assert_allclose(got_e, want_e, rtol=0, atol=1e-10)
   np.testing.assert_allclose(got_a, want_a, rtol=0, atol=1e-10)
   np.testing.assert_allclose(got_logits, want_logits, rtol=0, atol=1e-10)

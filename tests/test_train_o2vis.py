@@ -52,12 +52,14 @@ def _step(config, workdir, batch, devices):
   # summation orders. A large eps makes the update linear in g, so the comparison is meaningful.
   config = config.copy_and_resolve_references()
   config.train.adam_eps = 1e-2
-  task = tasks.TrackerTask(config, workdir)
+  task = tasks.TrackingTask(config, workdir)
   state, frozen, tx = train.initial_state(task, config)
   mesh = train.make_mesh(devices)
   step = train.make_train_step(task, tx, mesh, config.batch_size)
-  state, metrics = step(state, frozen, train._global_batch(batch, mesh))
-  return jax.device_get(state.params), jax.device_get(metrics)
+  new_state, metrics = step(state, frozen, train._global_batch(batch, mesh))
+  update = jax.tree.map(lambda new, old: np.asarray(new, np.float64) - np.asarray(old, np.float64),
+                        jax.device_get(new_state.params), jax.device_get(state.params))
+  return update, jax.device_get(metrics)
 
 
 def test_batch_has_the_documented_format(setup):
@@ -72,13 +74,18 @@ def test_batch_has_the_documented_format(setup):
 
 def test_tracker_step_same_on_one_and_four_devices(setup):
   config, workdir, batch = setup
-  params1, metrics1 = _step(config, workdir, batch, jax.devices()[:1])
-  params4, metrics4 = _step(config, workdir, batch, jax.devices()[:4])
+  update1, metrics1 = _step(config, workdir, batch, jax.devices()[:1])
+  update4, metrics4 = _step(config, workdir, batch, jax.devices()[:4])
   for name in ("loss", "loss_ce", "loss_mask", "loss_dice", "loss_sim", "loss_ce_E", "grad_norm"):
     np.testing.assert_allclose(metrics4[name], metrics1[name], rtol=2e-4, err_msg=name)
-  flat1, flat4 = jax.tree.leaves(params1), jax.tree.leaves(params4)
-  for a, b in zip(flat1, flat4):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+  # The update is compared relative to its own size: a single element's float32 reduction order (sums
+  # over 1 vs 4 devices) may move it by ~1e-7 absolute, which is noise next to the update's norm.
+  flat1 = np.concatenate([x.ravel() for x in jax.tree.leaves(update1)])
+  flat4 = np.concatenate([x.ravel() for x in jax.tree.leaves(update4)])
+  scale = np.linalg.norm(flat1)
+  assert scale > 0, "the step did not move the parameters"
+  assert np.linalg.norm(flat4 - flat1) <= 1e-4 * scale, np.linalg.norm(flat4 - flat1) / scale
+  assert np.abs(flat4 - flat1).max() <= 1e-3 * np.abs(flat1).max()
 
 
 def _losses(workdir):
@@ -86,7 +93,7 @@ def _losses(workdir):
     return [json.loads(line)["loss"] for line in f]
 
 
-@pytest.mark.parametrize("task_cls", [tasks.TrackerTask, tasks.SegmenterTask])
+@pytest.mark.parametrize("task_cls", [tasks.TrackingTask, tasks.SegmenterTask])
 def test_short_run_lowers_the_loss(setup, tmp_path, task_cls):
   config, data_workdir, batch = setup
   config = config.copy_and_resolve_references()
@@ -104,8 +111,8 @@ def test_te_only_step_trains_only_the_E_terms(setup):
   """Table 3(a) row 6: one training step of the T_E-only model (early matching, _E losses only)."""
   config, workdir, batch = setup
   config = config.copy_and_resolve_references()
-  config.tracker.mode = "te_only"
-  task = tasks.TrackerTask(config, workdir)
+  config.association.method = "o2vis_te_only"
+  task = tasks.TrackingTask(config, workdir)
   state, frozen, tx = train.initial_state(task, config)
   mesh = train.make_mesh(jax.devices()[:1])
   step = train.make_train_step(task, tx, mesh, config.batch_size, phase=task.phase(0))
@@ -127,12 +134,12 @@ def test_tracker_training_resumes_exactly_with_the_real_pipeline(setup, tmp_path
   config.num_train_steps = 4
   config.checkpoint_every_steps = 2
   full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
-  train.train_and_evaluate(config, full_dir, tasks.TrackerTask(config, data_workdir), progress=False)
+  train.train_and_evaluate(config, full_dir, tasks.TrackingTask(config, data_workdir), progress=False)
 
   class Killed(RuntimeError):
     pass
 
-  class KilledAtThirdBatch(tasks.TrackerTask):
+  class KilledAtThirdBatch(tasks.TrackingTask):
     def train_iterator(self, seed):
       inner = super().train_iterator(seed)
 
@@ -154,7 +161,7 @@ def test_tracker_training_resumes_exactly_with_the_real_pipeline(setup, tmp_path
 
   with pytest.raises(Killed):
     train.train_and_evaluate(config, killed_dir, KilledAtThirdBatch(config, data_workdir), progress=False)
-  train.train_and_evaluate(config, killed_dir, tasks.TrackerTask(config, data_workdir), progress=False)
+  train.train_and_evaluate(config, killed_dir, tasks.TrackingTask(config, data_workdir), progress=False)
   full, resumed = _losses(full_dir), _losses(killed_dir)
   assert len(full) == 4 and len(resumed) == 4, (full, resumed)
   np.testing.assert_allclose(resumed, full, rtol=1e-5)
@@ -165,9 +172,9 @@ def test_tracker_heads_from_segmenter(setup, tmp_path):
   class and mask heads, and nothing else changes; a head of another shape is refused by name."""
   config, workdir, _ = setup
   config = config.copy_and_resolve_references()
-  plain, frozen = tasks.TrackerTask(config, workdir).init_params(jax.random.PRNGKey(3))
+  plain, frozen = tasks.TrackingTask(config, workdir).init_params(jax.random.PRNGKey(3))
   config.train.tracker_heads_from_segmenter = True
-  copied, _ = tasks.TrackerTask(config, workdir).init_params(jax.random.PRNGKey(3))
+  copied, _ = tasks.TrackingTask(config, workdir).init_params(jax.random.PRNGKey(3))
   predictor = frozen["segmenter"]["predictor"]
   for name in tasks.TRACKER_HEADS:
     for a, b in zip(jax.tree.leaves(copied[name]), jax.tree.leaves(predictor[name])):

@@ -2,47 +2,72 @@
 
 * `load_state_dict(path)`: .safetensors / .pkl (restricted unpickler) / .npz / .pth .bin -> {key: array}.
 * `segmenter_from_hf(state_dict, hf_config)`, `segmenter_from_detectron2(state_dict)`: the segmenter.
-* `tracker_from_reference(state_dict, num_heads)`: the LOMM tracker (`tracker.*` keys).
+* `association_from_reference(method, state_dict, num_heads)`: an association method's weights (each
+  method converts its own, `association/<method>/convert.py`); `tracker_from_reference` (the LOMM
+  tracker, `tracker.*` keys) and `te_only_from_reference` (`tracker_E.*`) are its O2VIS cases.
 * `convert_file(path, ...)`: a whole checkpoint file -> (config, {'segmenter': ..., ['tracker': ...]}).
 * `save_converted(dir, config, params)` / `load_converted(dir)`: what scripts/convert_checkpoint.py writes.
+
+The association method's params sit under the key 'tracker' of the params tree (whatever the method).
 """
 
 import json
 from typing import Optional
 
+from o2vis_jax.checkpoint_conversion.errors import ConversionError
 from o2vis_jax.checkpoint_conversion.io import (RestrictedUnpickler, UnsafePickleError, load_converted,
-                                                load_pickle, load_state_dict, save_converted)
-from o2vis_jax.checkpoint_conversion.segmenter import (ConversionError, detect_layout, segmenter_from_detectron2,
+                                                load_pickle, load_state_dict, save_converted, upgrade_config)
+from o2vis_jax.checkpoint_conversion.segmenter import (detect_layout, segmenter_from_detectron2,
                                                        segmenter_from_hf)
-from o2vis_jax.checkpoint_conversion.tracker import (TE_ONLY_PREFIX, te_only_from_reference,
-                                                     tracker_from_reference)
 
-TRACKER_PREFIX = "tracker."
-# (checkpoint key prefix, converter): a LOMM_online checkpoint holds `tracker.*`, a LOMM_online_E
-# checkpoint (the T_E-only model, Table 3(a) row 6) `tracker_E.*`.
-_TRACKERS = ((TRACKER_PREFIX, tracker_from_reference), (TE_ONLY_PREFIX, te_only_from_reference))
+
+def association_from_reference(method: str, state_dict, num_heads: int):
+  """(config, params) of association method `method` from the authors' checkpoint entries (the keys
+  under the method's `checkpoint_prefixes`, or the bare keys). config holds `association.method`, the
+  method's section and the `model` sizes read from the shapes."""
+  from o2vis_jax import association
+  return association.get(method).from_reference(state_dict, num_heads)
+
+
+def tracker_from_reference(state_dict, num_heads: int):
+  """The LOMM tracker (`tracker.*` keys, or bare keys) -> (config, params) of method 'o2vis'."""
+  return association_from_reference("o2vis", state_dict, num_heads)
+
+
+def te_only_from_reference(state_dict, num_heads: int):
+  """The T_E-only tracker (`tracker_E.*` keys, or bare keys) -> (config, params) of 'o2vis_te_only'."""
+  return association_from_reference("o2vis_te_only", state_dict, num_heads)
+
+
+def _method_keys(path: str, state_dict):
+  """(method name, its keys) of the one association method whose prefixes the checkpoint holds."""
+  from o2vis_jax import association
+  found = {}
+  for name in association.names():
+    prefixes = association.get(name).checkpoint_prefixes
+    keys = {k: v for k, v in state_dict.items() if any(k.startswith(p) for p in prefixes)}
+    if keys:
+      found[name] = keys
+  if len(found) > 1:
+    raise ConversionError(f"{path}: holds the weights of several association methods: "
+                          f"{ {n: association.get(n).checkpoint_prefixes for n in found} }")
+  return next(iter(found.items())) if found else (None, {})
 
 
 def convert_file(path: str, layout: str = "auto", hf_config_path: Optional[str] = None, num_heads: int = 8):
-  """(config, params) for a checkpoint file: config = configs/base.py with the converted `model`
-  (and `tracker`) sections; params = {'segmenter': ..., 'tracker': ... (LOMM checkpoints only)}.
+  """(config, params) for a checkpoint file: config = the library's default config with the converted
+  `model` section (and the association method's); params = {'segmenter': ..., 'tracker': ... (when the
+  file holds an association method's weights, e.g. LOMM's `tracker.*`)}.
 
-  The `tracker.*` keys of a whole LOMM checkpoint go to `tracker_from_reference` (`tracker_E.*`, the
-  T_E-only model, to `te_only_from_reference`); the rest is the
-  segmenter in the HF layout (needs `hf_config_path`, the model's config.json) or detectron2 layout.
+  The keys under a registered method's `checkpoint_prefixes` go to that method's converter; the rest is
+  the segmenter in the HF layout (needs `hf_config_path`, the model's config.json) or detectron2 layout.
   """
-  from configs import base
+  from o2vis_jax import association, defaults
   state_dict = load_state_dict(path)
-  tracker_keys, convert_tracker = {}, None
-  for prefix, converter in _TRACKERS:
-    keys = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if keys and tracker_keys:
-      raise ConversionError(f"{path}: holds both `tracker.*` and `tracker_E.*` weights")
-    if keys:
-      tracker_keys, convert_tracker = keys, converter
-  segmenter_keys = {k: v for k, v in state_dict.items() if k not in tracker_keys}
+  method, method_keys = _method_keys(path, state_dict)
+  segmenter_keys = {k: v for k, v in state_dict.items() if k not in method_keys}
   layout = detect_layout(segmenter_keys) if layout == "auto" else layout
-  config = base.get_base_config()
+  config = defaults.base_config()
   if layout == "hf":
     if not hf_config_path:
       raise ValueError(f"{path} is in the HF layout: its config.json is needed (--hf_config / hf_config_path)")
@@ -54,19 +79,22 @@ def convert_file(path: str, layout: str = "auto", hf_config_path: Optional[str] 
     raise ValueError(f"layout must be 'auto', 'hf' or 'detectron2', got {layout!r}")
   config.model = model_config
   params = {"segmenter": segmenter_params}
-  if tracker_keys:
-    tracker_config, tracker_params = convert_tracker(tracker_keys, num_heads)
+  if method is not None:
+    method_config, method_params = association_from_reference(method, method_keys, num_heads)
     for field in ("hidden_dim", "num_classes"):
-      if "model" in tracker_config and tracker_config.model[field] != model_config[field]:
-        raise ConversionError(f"{path}: tracker.* weights have {field} {tracker_config.model[field]}, "
+      if "model" in method_config and method_config.model[field] != model_config[field]:
+        raise ConversionError(f"{path}: the {method} weights have {field} {method_config.model[field]}, "
                               f"the segmenter has {model_config[field]}")
-    config.tracker = tracker_config.tracker if "tracker" in tracker_config else tracker_config
-    params["tracker"] = tracker_params
+    config.association.method = method
+    section = association.get(method).section_name
+    config[section] = method_config[section]
+    params["tracker"] = method_params
   return config, params
 
 
 __all__ = [
-    "ConversionError", "convert_file", "RestrictedUnpickler", "UnsafePickleError", "detect_layout", "load_converted",
-    "load_pickle", "load_state_dict", "save_converted", "segmenter_from_detectron2", "segmenter_from_hf",
-    "te_only_from_reference", "tracker_from_reference",
+    "ConversionError", "association_from_reference", "convert_file", "RestrictedUnpickler",
+    "UnsafePickleError", "detect_layout", "load_converted", "load_pickle", "load_state_dict",
+    "save_converted", "segmenter_from_detectron2", "segmenter_from_hf", "te_only_from_reference",
+    "tracker_from_reference", "upgrade_config",
 ]

@@ -135,8 +135,42 @@ def load_converted(output_dir: str):
   config_path = os.path.join(output_dir, CONFIG_FILE)
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} missing: {output_dir} is not a converted checkpoint")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(config_path) as f:
+      config = upgrade_config(ml_collections.ConfigDict(json.load(f)))
+  except ValueError as e:
+    raise ValueError(f"{config_path}: not a readable config ({e})") from e
+  params_dir = os.path.join(output_dir, PARAMS_DIR)
+  if not os.path.isdir(params_dir):
+    raise FileNotFoundError(f"{params_dir} missing: {output_dir} is not a converted checkpoint")
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.join(output_dir, PARAMS_DIR))
+    params = checkpointer.restore(params_dir)
   return config, params
+
+
+# `tracker.mode` of configs written before the association seam -> `association.method`.
+_LEGACY_MODES = {"trackers": "o2vis", "te_only": "o2vis_te_only", "baseline": "training_free"}
+
+
+def upgrade_config(config):
+  """A config written before `config.association` existed (the method was `config.tracker.mode`, the
+  baselines' options `config.tracker.baseline`) in today's layout; other configs unchanged."""
+  if "association" in config or "tracker" not in config:
+    return config
+  import ml_collections
+  tracker = config.tracker
+  mode = tracker.get("mode", "trackers")
+  if mode not in _LEGACY_MODES:
+    raise ValueError(f"config.tracker.mode={mode!r} is not one of {sorted(_LEGACY_MODES)}")
+  with config.unlocked():
+    config.association = ml_collections.ConfigDict(dict(method=_LEGACY_MODES[mode]))
+    baseline = tracker.get("baseline")
+    if baseline is not None:
+      config.training_free = ml_collections.ConfigDict(dict(
+          memory=baseline.get("memory", "iom"), matching=baseline.get("matching", "ohm"),
+          top_k=baseline.get("top_k", 10), matcher=tracker.get("matcher", "host")))
+    with tracker.unlocked():
+      for legacy in ("mode", "baseline"):
+        if legacy in tracker:
+          del tracker[legacy]
+  return config

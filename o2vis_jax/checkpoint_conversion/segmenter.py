@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs.parts import segmenter as segmenter_config
+from o2vis_jax.defaults import segmenter as segmenter_config
 from o2vis_jax.models import build_segmenter
 from o2vis_jax.models.backbones.resnet import STAGE_BLOCKS, is_bottleneck
 
@@ -54,8 +54,7 @@ TRANSFORMS: Dict[str, Callable[[Array, Optional[int]], Array]] = dict(
     conv=_conv, linear=_linear, copy=_copy, fused_weight=_fused_weight, fused_bias=_fused_bias)
 
 
-class ConversionError(ValueError):
-  pass
+from o2vis_jax.checkpoint_conversion.errors import ConversionError  # noqa: E402  (re-exported)
 
 
 # ------------------------------------------------------------------------------------------- tables

@@ -1,4 +1,5 @@
-"""Per-frame segmentations (null, polygons, uncompressed or compressed RLE) -> validated RLE.
+"""Per-frame segmentations (null, polygons, uncompressed or compressed RLE) -> validated RLE, and
+the package's one RLE -> mask decoder (`decode_mask`; `masks_from_counts` for the built records).
 
 Every frame mask becomes a pycocotools compressed RLE `{"size": [h, w], "counts": bytes}` or None
 (object absent in that frame). Anything the official evaluator would mis-score silently is refused
@@ -188,6 +189,37 @@ def track_to_rles(segmentations, height: int, width: int, num_frames: int, where
         f"{frame_wheres[compressed[error.index]]}: malformed RLE, {error}") from None
   _check_totals(runs, first, height, width, [frame_wheres[frame] for frame in compressed])
   return rles
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+  """A COCO RLE -> bool [H, W]; the one decoder of the package (datasets, input pipeline, inference).
+
+  `counts` may be compressed (str or bytes: results files, pycocotools `encode`, the built records) or
+  the uncompressed run-length list of the official train annotations; `size` is [height, width].
+  Decoding does not validate: inputs from outside go through `track_to_rles` (evaluation) or the
+  dataset builders first.
+  """
+  missing = [key for key in ("size", "counts") if key not in rle]
+  if missing:
+    raise ValueError(f"RLE misses key(s) {missing}; has {sorted(rle)}")
+  height, width = (int(s) for s in rle["size"])
+  counts = rle["counts"]
+  if isinstance(counts, (list, tuple)):
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": [int(c) for c in counts]},
+                                 height, width)
+  else:
+    rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else bytes(counts)}
+  return mask_utils.decode(rle).astype(bool)
+
+
+def masks_from_counts(counts, height: int, width: int) -> np.ndarray:
+  """[n] compressed counts (bytes; b"" where the object is absent) of one frame size -> bool
+  [n, height, width]: the built dataset records store their masks this way (datasets/builders/common.py)."""
+  masks = np.zeros((len(counts), height, width), bool)
+  for i, string in enumerate(counts):
+    if len(string):
+      masks[i] = decode_mask({"size": [height, width], "counts": string})
+  return masks
 
 
 def frame_areas(rles: list) -> np.ndarray:

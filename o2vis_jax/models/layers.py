@@ -4,6 +4,9 @@
 here): separate q/k/v projections (PyTorch fuses them in `in_proj_weight`, rows [0:C], [C:2C],
 [2C:3C]; weight import splits them), softmax(q.k / sqrt(C/h)) over keys, heads concatenated,
 `out_proj`. Submodule names follow the PyTorch names so that weight import is a table.
+
+`SelfAttentionLayer` and `FFNLayer` are the post-norm blocks of Mask2Former's decoder, also the
+self-attention and FFN blocks of the O2VIS trackers (which use no positional embedding).
 """
 
 from typing import Any, Optional, Sequence
@@ -82,3 +85,30 @@ class MultiHeadAttention(nn.Module):
 def layer_norm(name: str, dtype=None, param_dtype=jnp.float32, epsilon: float = 1e-5) -> nn.LayerNorm:
   """LayerNorm with PyTorch's default eps (1e-5)."""
   return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class SelfAttentionLayer(nn.Module):
+  """LN(q + MHA(q + pos, q + pos, q)); without `query_pos`, LN(x + MHA(x, x, x)) (the trackers)."""
+  num_heads: int
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, query_pos=None):
+    with_pos = queries if query_pos is None else queries + query_pos
+    attended = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="self_attn")(
+        with_pos, with_pos, queries)
+    return layer_norm("norm", self.dtype, self.param_dtype)(queries + attended)
+
+
+class FFNLayer(nn.Module):
+  """LN(x + linear2(relu(linear1(x))))."""
+  ffn_dim: int
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries):
+    dense = lambda f, n: nn.Dense(f, dtype=self.dtype, param_dtype=self.param_dtype, name=n)
+    y = dense(queries.shape[-1], "linear2")(nn.relu(dense(self.ffn_dim, "linear1")(queries)))
+    return layer_norm("norm", self.dtype, self.param_dtype)(queries + y)

@@ -1,4 +1,5 @@
-"""The O2VIS trackers T_E and T_A (SPEC section 2; REFERENCE.md sections 1-2).
+"""The O2VIS trackers T_E and T_A, and the T_E-only model's `TrackerE` (SPEC section 2; REFERENCE.md
+sections 1-2 and 12).
 
 Each tracker is a stack of `num_layers` layers `FFN(SA(RCA(identity, query, kv)))`, post-norm, no
 positional embeddings. T_E and T_A share `ref_proj`, `decoder_norm`, `class_embed` and `mask_embed`
@@ -9,8 +10,9 @@ the current frame. A stack runs in one of two modes (`Tracker.run_stack`):
 In both, the residual of layer 0 is zero and that of layer j > 0 is x_{j-1}.
 
 Parameter names follow the PyTorch module names (`transformer_cross_attention_layers_E_0/multihead_attn/
-q_proj`, ...), so weight import (`checkpoint_conversion/tracker.py`) is a table. The module owns no state:
-the memory is the scan carry of `video_model.py`.
+q_proj`, ...), so weight import (`association/o2vis/convert.py`) is a table. The modules own no state:
+the memory is the scan carry of the association methods `o2vis` and `o2vis_te_only`. The self-attention
+and FFN blocks are the decoder's (`layers.SelfAttentionLayer`, `layers.FFNLayer`) without positions.
 """
 
 from typing import Any, Optional
@@ -20,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2vis_jax.models.layers import MLP, MultiHeadAttention, layer_norm, resolve_dtype
+from o2vis_jax.models.layers import (MLP, FFNLayer, MultiHeadAttention, SelfAttentionLayer, layer_norm,
+                                     resolve_dtype)
 
 Dtype = Any
 TRACKERS = ("E", "A")
@@ -37,32 +40,6 @@ class ReferringCrossAttention(nn.Module):
     attended = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="multihead_attn")(
         query, kv, kv)
     return layer_norm("norm", self.dtype, self.param_dtype)(identity + attended)
-
-
-class SelfAttention(nn.Module):
-  """SA(x) = LN(x + MHA(x, x, x))."""
-  num_heads: int
-  dtype: Optional[Dtype] = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    attended = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="self_attn")(x, x, x)
-    return layer_norm("norm", self.dtype, self.param_dtype)(x + attended)
-
-
-class FFN(nn.Module):
-  """FFN(x) = LN(x + linear2(relu(linear1(x))))."""
-  ffn_dim: int
-  dtype: Optional[Dtype] = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    hidden = nn.relu(nn.Dense(self.ffn_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                              name="linear1")(x))
-    out = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name="linear2")(hidden)
-    return layer_norm("norm", self.dtype, self.param_dtype)(x + out)
 
 
 def run_referring_stack(cross, self_attention, ffn, ref_proj, kv: jax.Array,
@@ -102,7 +79,7 @@ def predict_heads(decoder_norm, class_embed, mask_embed, x, mask_features):
 
 class ReferringTrackerBase(nn.Module):
   """Fields, layer stacks and heads shared by the referring trackers (`Tracker` here, the T_E-only
-  model's `te_only.TrackerE`). Subclasses assign `referring_blocks()` to their `transformer_*_layers_X`
+  model's `TrackerE`). Subclasses assign `referring_blocks()` to their `transformer_*_layers_X`
   attributes and call `setup_heads()` in `setup`."""
   hidden_dim: int
   num_classes: int
@@ -120,8 +97,8 @@ class ReferringTrackerBase(nn.Module):
     kw = self._kw()
     layers = lambda make: [make() for _ in range(self.num_layers)]
     return (layers(lambda: ReferringCrossAttention(self.num_heads, **kw)),
-            layers(lambda: SelfAttention(self.num_heads, **kw)),
-            layers(lambda: FFN(self.ffn_dim, **kw)))
+            layers(lambda: SelfAttentionLayer(self.num_heads, **kw)),
+            layers(lambda: FFNLayer(self.ffn_dim, **kw)))
 
   def query_projection(self):
     return MLP(self.hidden_dim, self.hidden_dim, 3, **self._kw())
@@ -136,22 +113,18 @@ class ReferringTrackerBase(nn.Module):
     """LN_d, the shared decoder norm."""
     return self.decoder_norm(x)
 
-  def class_logits(self, x):
-    """class_embed(LN_d(x)): [..., N, K+1]."""
-    return self.class_embed(self.decoder_norm(x))
-
   def predict(self, x, mask_features):
     """(class logits [..., N, K+1], mask logits [..., N, h, w]) of tracker outputs x [..., N, C] with
     mask_features [h, w, C] (broadcast over the leading axes of x)."""
     return predict_heads(self.decoder_norm, self.class_embed, self.mask_embed, x, mask_features)
 
   @classmethod
-  def from_config(cls, config):
-    """The tracker of `config` (tracker section plus the segmenter's hidden_dim / num_classes)."""
-    return cls(hidden_dim=config.model.hidden_dim, num_classes=config.model.num_classes,
-               num_layers=config.tracker.num_layers, num_heads=config.tracker.num_heads,
-               ffn_dim=config.tracker.ffn_dim, dtype=resolve_dtype(config.tracker.get("dtype")),
-               param_dtype=resolve_dtype(config.tracker.get("param_dtype", "float32")))
+  def from_section(cls, section, *, hidden_dim: int, num_classes: int):
+    """The tracker of an O2VIS config section (`config.tracker`) for C = hidden_dim, K = num_classes."""
+    return cls(hidden_dim=hidden_dim, num_classes=num_classes, num_layers=section.num_layers,
+               num_heads=section.num_heads, ffn_dim=section.ffn_dim,
+               dtype=resolve_dtype(section.get("dtype")),
+               param_dtype=resolve_dtype(section.get("param_dtype", "float32")))
 
 
 class Tracker(ReferringTrackerBase):
@@ -192,9 +165,29 @@ class Tracker(ReferringTrackerBase):
     return self.predict(a[-1], mask_features)
 
 
-def build(config) -> Tracker:
-  """The tracker of `config` (tracker section plus the segmenter's hidden_dim / num_classes / dtypes)."""
-  return Tracker.from_config(config)
+class TrackerE(ReferringTrackerBase):
+  """T_E with its own query projection `ref_proj_E` and the heads: the T_E-only model of Table 3(a) row 6
+  (reference `LOMM_Tracker_E`). Use through `bind`."""
+  num_layers: int = 6
+
+  def setup(self):
+    (self.transformer_cross_attention_layers_E, self.transformer_self_attention_layers_E,
+     self.transformer_ffn_layers_E) = self.referring_blocks()
+    self.ref_proj_E = self.query_projection()
+    self.setup_heads()
+
+  def run_stack(self, kv: jax.Array, anchor: Optional[jax.Array] = None, use_anchor=None) -> jax.Array:
+    """SelfRef_E(kv) (anchor None) or Anchor_E(anchor; kv): the L layer outputs [L, N, C].
+
+    use_anchor: optional traced bool choosing anchor (True) or self mode (False) at run time.
+    """
+    return run_referring_stack(
+        self.transformer_cross_attention_layers_E, self.transformer_self_attention_layers_E,
+        self.transformer_ffn_layers_E, self.ref_proj_E, kv, anchor, use_anchor)
+
+  def __call__(self, kv, mask_features):
+    """Touches every parameter (for `init`)."""
+    return self.predict(self.run_stack(kv)[-1], mask_features)
 
 
 def xavier_params(model: nn.Module, rng: jax.Array, hidden_dim: int, dtype=jnp.float32):
@@ -221,8 +214,3 @@ def xavier_params(model: nn.Module, rng: jax.Array, hidden_dim: int, dtype=jnp.f
     return jnp.asarray(value, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def init_params(config, rng: jax.Array, dtype=jnp.float32):
-  """A fresh tracker params tree (the tracker's own, separate from the segmenter's); `xavier_params`."""
-  return xavier_params(build(config), rng, config.model.hidden_dim, dtype)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from o2vis_jax.models.layers import MLP, MultiHeadAttention, layer_norm
+from o2vis_jax.models.layers import MLP, FFNLayer, MultiHeadAttention, SelfAttentionLayer, layer_norm
 from o2vis_jax.models.position_encoding import sine_position_encoding
 from o2vis_jax.models.resize import resize_bilinear
 
@@ -32,31 +32,6 @@ class CrossAttentionLayer(nn.Module):
     attended = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="multihead_attn")(
         queries + query_pos, memory + memory_pos, memory, mask=mask)
     return layer_norm("norm", self.dtype, self.param_dtype)(queries + attended)
-
-
-class SelfAttentionLayer(nn.Module):
-  num_heads: int
-  dtype: Optional[jnp.dtype] = None
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, queries, query_pos):
-    with_pos = queries + query_pos
-    attended = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="self_attn")(
-        with_pos, with_pos, queries)
-    return layer_norm("norm", self.dtype, self.param_dtype)(queries + attended)
-
-
-class FFNLayer(nn.Module):
-  ffn_dim: int
-  dtype: Optional[jnp.dtype] = None
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, queries):
-    dense = lambda f, n: nn.Dense(f, dtype=self.dtype, param_dtype=self.param_dtype, name=n)
-    y = dense(queries.shape[-1], "linear2")(nn.relu(dense(self.ffn_dim, "linear1")(queries)))
-    return layer_norm("norm", self.dtype, self.param_dtype)(queries + y)
 
 
 def attention_mask_from_masks(mask_logits: jnp.ndarray, height: int, width: int,

@@ -18,7 +18,7 @@ from configs import base, tiny
 
 
 def _measure(config, built, batch_size, batches, workers):
-  from data import builders  # pylint: disable=g-import-not-at-top
+  from o2vis_jax.datasets import builders  # pylint: disable=g-import-not-at-top
   from o2vis_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config.data.num_workers = workers
   source, _ = builders.open_split(built, "train")
@@ -41,7 +41,7 @@ def main(argv):
   args = parser.parse_args(argv)
   if not flags.FLAGS.is_parsed():   # grain worker processes read absl flags (absl.app parses them).
     flags.FLAGS.mark_as_parsed()
-  from data import builders, synthetic  # pylint: disable=g-import-not-at-top
+  from o2vis_jax.datasets import builders, synthetic  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as root:
     for name, size, config in (("tiny", 96, tiny.get_config()),
                                ("paper", args.paper_frame_size, base.get_base_config())):

@@ -43,20 +43,23 @@ def main(argv):
   import jax.numpy as jnp
 
   from configs import base
-  from o2vis_jax import matching, video_model
-  from o2vis_jax.models import tracker as tracker_lib
+  from o2vis_jax import association
+  from o2vis_jax.association.ops.hungarian import cosine_cost, hungarian, occupancy_guided_matching
 
   n, c, t = args.queries, args.channels, args.frames
   h, w = (int(v) for v in args.mask_size.split("x"))
   config = base.get_base_config()
   config.model.hidden_dim, config.model.num_classes, config.model.num_queries = c, args.num_classes, n
+  config = association.with_method(config, "o2vis")
   config.tracker.ffn_dim = args.ffn_dim
-  params = tracker_lib.init_params(config, jax.random.PRNGKey(0))
+  params = association.get("o2vis").init_params(config, jax.random.PRNGKey(0),
+                                                num_classes=args.num_classes, hidden_dim=c)
   rng = np.random.default_rng(0)
   frames = dict(embeds=jnp.asarray(rng.normal(size=(t, n, c)), jnp.float32),
                 embeds_without_norm=jnp.asarray(rng.normal(size=(t, n, c)), jnp.float32),
                 mask_features=jnp.asarray(rng.normal(size=(t, h, w, c)), jnp.float32),
-                segmenter_logits=jnp.asarray(rng.normal(size=(t, n, args.num_classes + 1)), jnp.float32),
+                # With the logits the step also tracks S and sigma_t (the segmenter-space Hungarian).
+                logits=jnp.asarray(rng.normal(size=(t, n, args.num_classes + 1)), jnp.float32),
                 valid=jnp.ones((t,), bool))
   print(f"backend {jax.default_backend()} ({jax.device_count()} devices); N={n} C={c} FFN={args.ffn_dim} "
         f"K={args.num_classes} masks {h}x{w}; {t} frames per scan, best of {args.repeats}")
@@ -64,17 +67,17 @@ def main(argv):
   slots = jnp.asarray(rng.normal(size=(n, c)), jnp.float32)
   current = jnp.asarray(rng.normal(size=(n, c)), jnp.float32)
   occupied = jnp.asarray(rng.random(n) < 0.5)
-  cost = np.asarray(matching.cosine_cost(slots, current))
+  cost = np.asarray(cosine_cost(slots, current))
   lsa = _time(lambda: scipy.optimize.linear_sum_assignment(cost), args.repeats * 10)
   print(f"scipy linear_sum_assignment {n}x{n}: {lsa * 1e3:.3f} ms")
 
   for matcher in args.matchers.split(","):
     config.tracker.matcher = matcher
-    chunk = jax.jit(lambda p, f: video_model.run_chunk(
-        config, p, video_model.init_carry(n, c, jnp.float32), f)[1]["pred_logits"])
+    chunk = jax.jit(lambda p, f: association.run_chunk(
+        config, p, association.init_state(config, p, f), f)[1]["pred_logits"])
     step = _time(lambda: chunk(params, frames).block_until_ready(), args.repeats) / t
-    ohm = jax.jit(lambda s, x, o, m=matcher: matching.occupancy_guided_matching(s, x, o, matcher=m))
-    sigma = jax.jit(lambda s, x, m=matcher: matching.hungarian(matching.cosine_cost(s, x), matcher=m))
+    ohm = jax.jit(lambda s, x, o, m=matcher: occupancy_guided_matching(s, x, o, matcher=m))
+    sigma = jax.jit(lambda s, x, m=matcher: hungarian(cosine_cost(s, x), matcher=m))
     ohm_time = _time(lambda: ohm(slots, current, occupied).block_until_ready(), args.repeats * 10)
     sigma_time = _time(lambda: sigma(slots, current).block_until_ready(), args.repeats * 10)
     share = (ohm_time + sigma_time) / step

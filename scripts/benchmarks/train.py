@@ -4,14 +4,14 @@
       [--steps 3] [--batch_size 1] [--image_size 256]
 
 Settings (each runs in its own subprocess, so that every peak-memory figure is that setting's own):
-  paper_shapes              tracker training (TrackerTask, frozen segmenter) at the paper's shapes: clips of
+  paper_shapes              tracker training (TrackingTask, frozen segmenter) at the paper's shapes: clips of
                             5 frames, N=100 queries, C=256, K=40, T_E + T_A 3+3 layers, FFN 2048, 12544
                             loss points, G=10 instances, with a SMALL frozen segmenter backbone (ResNet-18,
                             width 16; the pixel decoder and the 9-layer transformer decoder at C=256);
                             `--batch_size` clips of `--image_size`^2 (the reference: 1 clip per GPU, crops
                             of 384..600 px).
   synthetic_tiny_segmenter  configs/synthetic_tiny.py, segmenter stage (SegmenterTask), its batch shape.
-  synthetic_tiny_tracker    configs/synthetic_tiny.py, tracker stage (TrackerTask on the frozen segmenter).
+  synthetic_tiny_tracker    configs/synthetic_tiny.py, tracker stage (TrackingTask on the frozen segmenter).
 
 Uses `o2vis_jax.train.initial_state` / `make_train_step` and the task directly, random weights, one
 fixed random batch in the input-pipeline format. Reported: init time, first step (compile + run), then
@@ -82,12 +82,12 @@ def run_setting(setting, args):
   from o2vis_jax import tasks, train
 
   config, stage = _config(setting, args)
-  task = tasks.TrackerTask(config) if stage == "tracker" else tasks.SegmenterTask(config)
+  task = tasks.build_task(config)   # config.train.task is the stage
   mesh = train.make_mesh()
   start = time.perf_counter()
   state, frozen, tx = train.initial_state(task, config)
   init_s = time.perf_counter() - start
-  phase = task.phase(0) if hasattr(task, "phase") else None
+  phase = task.phase(0)
   step_fn = train.make_train_step(task, tx, mesh, config.batch_size, phase=phase)
   batch = jax.device_put(synthetic_batch(config), NamedSharding(mesh, P(train.DATA_AXIS)))
   state, frozen = jax.device_put((state, frozen), NamedSharding(mesh, P()))

@@ -1,4 +1,4 @@
-"""The JAX frame step (float64) against the NumPy re-implementation of REFERENCE.md sections 4-5, and the
+"""O2VIS through the association seam: the JAX frame step (float64) against the NumPy re-implementation of REFERENCE.md sections 4-5, and the
 scan properties: chunked == one-shot, padded frames change nothing, a batch equals single runs, gradients
 flow as in REFERENCE.md section 6b."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import reference_numpy as ref
-from o2vis_jax import video_model
-from o2vis_jax.checkpoint_conversion.tracker import tracker_from_reference
-from o2vis_jax.models import tracker as tracker_lib
+from o2vis_jax import association
+from o2vis_jax.association.o2vis import config as o2vis_config
+from o2vis_jax.checkpoint_conversion import tracker_from_reference
 
 C, K, FFN, N, T, HEADS, LAYERS = 16, 3, 32, 6, 5, 4, 2  # 2 layers: aux outputs exist, compiles faster
 
@@ -36,7 +36,7 @@ def _inputs(seed, batch=()):
   return dict(embeds=rng.normal(size=batch + (T, N, C)),
               embeds_without_norm=rng.normal(size=batch + (T, N, C)),
               mask_features=rng.normal(size=batch + (T, 3, 4, C)),
-              segmenter_logits=rng.normal(size=batch + (T, N, K + 1)))
+              logits=rng.normal(size=batch + (T, N, K + 1)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,13 +46,12 @@ def _track_fn(matcher="host", anchor=None, current_features=None, train=True, se
   config.tracker.anchor = anchor
   config.tracker.current_features = current_features
   config.tracker.semantics = semantics
-  return jax.jit(lambda params, inputs, valid=None: video_model.track(
-      config, params, inputs["embeds"], inputs["embeds_without_norm"], inputs["mask_features"],
-      frame_valid=valid, segmenter_logits=inputs["segmenter_logits"], train=train))
+  return jax.jit(lambda params, inputs, valid=None: association.track(
+      config, params, dict(inputs, **({} if valid is None else {"valid": valid})), train=train))
 
 
 def _reference(sd, inputs, **options):
-  fg = 1 - ref.softmax(inputs["segmenter_logits"])[..., K]
+  fg = 1 - ref.softmax(inputs["logits"])[..., K]
   return ref.run_tracker(sd, inputs["embeds"], inputs["embeds_without_norm"], inputs["mask_features"], fg,
                          LAYERS, HEADS, **options)
 
@@ -135,12 +134,13 @@ def test_chunked_equals_one_shot(x64):
   inputs = _inputs(6)
   frames = dict(inputs, valid=np.ones(T, bool))
   one = _track_fn(train=False)(params, inputs)
-  chunk = jax.jit(lambda carry, f: video_model.run_chunk(config, params, carry, f))
+  chunk = jax.jit(lambda carry, f: association.run_chunk(config, params, carry, f))
   # Chunks of 3 frames (one compilation): frames 0-2, then 3-4 plus one padded frame.
   first = {k: v[:3] for k, v in frames.items()}
   second = {k: np.concatenate([v[3:], v[:1]]) for k, v in frames.items()}
   second["valid"] = np.array([True, True, False])
-  carry, out_a = chunk(video_model.init_carry(N, C, jnp.float64), first)
+  empty = association.get("o2vis").init_state(config, num_queries=N, hidden_dim=C, dtype=jnp.float64)
+  carry, out_a = chunk(empty, first)
   carry, out_b = chunk(carry, second)
   for key in ("pred_logits", "pred_masks", "memory", "occupied", "assignment", "similarity", "indices"):
     joined = np.concatenate([np.asarray(out_a[key]), np.asarray(out_b[key])[:2]])
@@ -168,8 +168,8 @@ def test_gradients_follow_reference_section_6b():
   _, config, params = _weights(0, layers=layers)
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
   inputs = {k: jnp.asarray(v, jnp.float32) for k, v in _inputs(8).items()}
-  track = lambda p: video_model.track(config, p, inputs["embeds"], inputs["embeds_without_norm"],
-                                      inputs["mask_features"], train=True)
+  frames = {k: inputs[k] for k in ("embeds", "embeds_without_norm", "mask_features")}
+  track = lambda p: association.track(config, p, frames, train=True)
   losses = lambda p: (lambda out: jnp.stack([jnp.sum(out["pred_logits"]),
                                              jnp.sum(out["pred_logits_E"] ** 2)]))(track(p))
 
@@ -179,7 +179,7 @@ def test_gradients_follow_reference_section_6b():
     return vjp(jnp.array([1.0, 0.0]))[0], vjp(jnp.array([0.0, 1.0]))[0]
 
   # Fresh parameters (zero biases: LN_d of the empty memory is a zero row) give finite gradients.
-  fresh = tracker_lib.init_params(config, jax.random.PRNGKey(0))
+  fresh = association.get("o2vis").init_params(config, jax.random.PRNGKey(0), num_classes=K, hidden_dim=C)
   for leaf in jax.tree.leaves(both_gradients(fresh)):
     assert np.isfinite(np.asarray(leaf)).all(), "NaN/Inf gradient from fresh parameters"
 
@@ -198,12 +198,33 @@ def test_gradients_follow_reference_section_6b():
 
 def test_resolve_options_table_and_errors():
   _, config, _ = _weights(0)
-  assert video_model.resolve_options(config.tracker) == video_model.Options()
+  assert o2vis_config.resolve_options(config.tracker) == o2vis_config.Options()
   config.tracker.semantics = "paper"
-  paper = video_model.resolve_options(config.tracker)
+  paper = o2vis_config.resolve_options(config.tracker)
   assert (paper.anchor, paper.current_features, paper.early_matching) == ("adaptive_paper", "segmenter", True)
   config.tracker.anchor = "memory"
-  assert video_model.resolve_options(config.tracker).anchor == "memory"
+  assert o2vis_config.resolve_options(config.tracker).anchor == "memory"
   config.tracker.anchor = "average"
   with pytest.raises(ValueError, match="config.tracker.anchor must be one of"):
-    video_model.resolve_options(config.tracker)
+    o2vis_config.resolve_options(config.tracker)
+
+
+def test_config_with_only_the_method_runs():
+  """`association.track` needs only `association.method`: an absent section is the method's
+  `default_config()` (O2VIS: 3 + 3 layers, FFN 2048, 8 heads)."""
+  import ml_collections
+  inputs = {k: np.asarray(v, np.float32) for k, v in _inputs(9).items()}
+  bare = ml_collections.ConfigDict(dict(association=dict(method="o2vis")))
+  method = association.get("o2vis")
+  params = method.init_params(bare, jax.random.PRNGKey(1), num_classes=K, hidden_dim=C)
+  assert params["transformer_ffn_layers_A_2"]["linear1"]["kernel"].shape == (C, 2048)
+  got = association.track(bare, params, inputs)
+  explicit = ml_collections.ConfigDict(dict(association=dict(method="o2vis"),
+                                            tracker=o2vis_config.default_config()))
+  want = association.track(explicit, params, inputs)
+  for key in ("pred_logits", "memory", "assignment"):
+    np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+  with pytest.raises(KeyError, match="embeds_without_norm"):
+    association.track(bare, params, {"embeds": inputs["embeds"]})
+  with pytest.raises(ValueError, match="not a registered association method.*o2vis"):
+    association.track(ml_collections.ConfigDict(dict(association=dict(method="nope"))), params, inputs)

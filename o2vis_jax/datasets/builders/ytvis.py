@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data.builders import common
+from o2vis_jax.datasets.builders import common
 
 # Per dataset: candidate annotation files and image roots, relative to the manual dir, for a split.
 LAYOUTS = {

@@ -15,7 +15,7 @@ from typing import Dict
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data.builders import common
+from o2vis_jax.datasets.builders import common
 
 SPLITS = {"train": ("annotations/instances_train2017.json", "train2017"),
           "val": ("annotations/instances_val2017.json", "val2017")}

@@ -2,7 +2,7 @@
 `open_split(...)` reads one split back as a random-access data source without TensorFlow.
 
   path = build("ytvis_2019", "/data/ytvis2019", "/data/built", holdout_videos=300)
-  source, categories = open_split(path, "train")      # source[i] is a record (data/builders/common.py)
+  source, categories = open_split(path, "train")      # source[i] is a record (builders/common.py)
 """
 
 import os
@@ -10,8 +10,8 @@ from typing import List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from data.builders import coco, ytvis
-from data.builders.common import DataValidationError, decode_rle  # noqa: F401  (re-exported)
+from o2vis_jax.datasets.builders import coco, ytvis
+from o2vis_jax.datasets.builders.common import DataValidationError  # noqa: F401  (re-exported)
 
 VIDEO_DATASETS = tuple(ytvis.LAYOUTS)
 DATASETS = VIDEO_DATASETS + ("coco",)

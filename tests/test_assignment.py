@@ -1,5 +1,5 @@
-"""The matching cost against NumPy, the first-appearance video matcher (Eq. 10, REFERENCE.md 7.1) and the
-per-frame matcher against brute force over all injective assignments."""
+"""`losses.assignment`: the matching cost against NumPy, the first-appearance video matcher (Eq. 10,
+REFERENCE.md 7.1) and the per-frame matcher against brute force over all injective assignments."""
 
 import itertools
 
@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from o2vis_jax import point_sampling
-from o2vis_jax import video_matcher
+from o2vis_jax import losses
+from o2vis_jax.losses import assignment, point_sampling
 
 
 def _softplus(x):
@@ -23,8 +23,8 @@ def test_match_cost_matches_numpy():
   labels = np.array([2, 0, 3], np.int32)
   gt = rng.uniform(size=(g, 8, 12)) > 0.6
   coords = rng.uniform(size=(p, 2)).astype(np.float32)
-  got = np.asarray(video_matcher.match_cost(jnp.asarray(logits), jnp.asarray(masks), jnp.asarray(labels),
-                                            jnp.asarray(gt), jnp.asarray(coords)))
+  got = np.asarray(assignment.match_cost(jnp.asarray(logits), jnp.asarray(masks), jnp.asarray(labels),
+                                         jnp.asarray(gt), jnp.asarray(coords)))
   x = np.asarray(point_sampling.point_sample(jnp.asarray(masks), jnp.asarray(coords)), np.float64)
   t = np.asarray(point_sampling.point_sample(jnp.asarray(gt), jnp.asarray(coords)), np.float64)
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -45,10 +45,10 @@ def test_clip_costs_use_one_point_set_per_frame():
   labels = jnp.asarray([[0, 1], [0, 1]], jnp.int32)
   gt = jnp.asarray(rng.uniform(size=(2, 2, 8, 8)) > 0.5)
   key = jax.random.PRNGKey(3)
-  got = video_matcher.clip_match_costs(key, logits, masks, labels, gt, num_points=7)
+  got = assignment.clip_match_costs(key, logits, masks, labels, gt, num_points=7)
   for t, frame_key in enumerate(jax.random.split(key, 2)):
     coords = jax.random.uniform(frame_key, (7, 2))
-    want = video_matcher.match_cost(logits[t], masks[t], labels[t], gt[t], coords)
+    want = assignment.match_cost(logits[t], masks[t], labels[t], gt[t], coords)
     np.testing.assert_allclose(np.asarray(got[t]), np.asarray(want), rtol=1e-6)
 
 
@@ -74,7 +74,7 @@ def brute_force_video_matching(costs, present):
   return result
 
 
-_consistent = jax.jit(video_matcher.consistent_video_matching)
+_consistent = jax.jit(assignment.consistent_video_matching)
 
 
 def test_consistent_matching_equals_brute_force():
@@ -106,7 +106,7 @@ def test_consistent_matching_under_vmap():
   rng = np.random.default_rng(3)
   costs = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
   present = rng.uniform(size=(2, 4, 3)) > 0.4
-  got = np.asarray(jax.jit(jax.vmap(video_matcher.consistent_video_matching))(
+  got = np.asarray(jax.jit(jax.vmap(assignment.consistent_video_matching))(
       jnp.asarray(costs), jnp.asarray(present)))
   for b in range(2):
     np.testing.assert_array_equal(got[b], brute_force_video_matching(costs[b], present[b]))
@@ -116,7 +116,7 @@ def test_per_frame_matching_equals_brute_force():
   rng = np.random.default_rng(4)
   costs = rng.normal(size=(3, 3, 4)).astype(np.float32)
   present = np.array([[True, True, False], [False, False, False], [True, True, True]])
-  got = np.asarray(jax.jit(video_matcher.per_frame_matching)(jnp.asarray(costs), jnp.asarray(present)))
+  got = np.asarray(jax.jit(assignment.per_frame_matching)(jnp.asarray(costs), jnp.asarray(present)))
   for t in range(3):
     rows = np.flatnonzero(present[t])
     want = np.full(3, -1)
@@ -129,4 +129,25 @@ def test_per_frame_matching_equals_brute_force():
 
 def test_first_appearance():
   present = jnp.asarray([[False, True, False], [True, True, False], [True, False, False]])
-  np.testing.assert_array_equal(np.asarray(video_matcher.first_appearance(present)), [1, 0, -1])
+  np.testing.assert_array_equal(np.asarray(assignment.first_appearance(present)), [1, 0, -1])
+
+
+def test_video_and_frame_assignment_use_the_config():
+  rng = np.random.default_rng(5)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+  masks = jnp.asarray(rng.normal(scale=2.0, size=(3, 5, 4, 4)), jnp.float32)
+  present = np.array([[True, False, True], [True, True, False], [False, True, True]])
+  gt = rng.uniform(size=(3, 3, 8, 8)) > 0.5
+  targets = losses.video_targets(jnp.asarray([0, 2, 1], jnp.int32), jnp.ones(3, bool),
+                                 jnp.asarray(gt & present[..., None, None]), jnp.asarray(present),
+                                 jnp.ones(3, bool))
+  config = losses.LossConfig(class_weight=0.0, mask_weight=0.0, dice_weight=1.0, num_points=7)
+  key = jax.random.PRNGKey(6)
+  costs = assignment.clip_match_costs(key, logits, masks, targets.labels, targets.masks, 7,
+                                      assignment.CostWeights(0.0, 0.0, 1.0))
+  np.testing.assert_array_equal(
+      np.asarray(assignment.video_assignment(key, logits, masks, targets, config)),
+      np.asarray(assignment.consistent_video_matching(costs, targets.present)))
+  np.testing.assert_array_equal(
+      np.asarray(assignment.frame_assignment(key, logits, masks, targets, config)),
+      np.asarray(assignment.per_frame_matching(costs, targets.present)))

@@ -19,14 +19,14 @@ from typing import Dict, Tuple
 import ml_collections
 import numpy as np
 
-from configs.parts import tracker as tracker_config_part
-from o2vis_jax.checkpoint_conversion.segmenter import ConversionError
+from o2vis_jax.association.o2vis import config as o2vis_config
+from o2vis_jax.checkpoint_conversion.errors import ConversionError
 
 PREFIX = "tracker."
 TRACKERS = ("E", "A")
 
 
-def _to_numpy(value):
+def to_numpy(value):
   if hasattr(value, "detach"):  # torch.Tensor
     value = value.detach().cpu().numpy()
   return np.asarray(value)
@@ -35,11 +35,11 @@ def _to_numpy(value):
 def _strip_prefix(state_dict) -> Dict[str, np.ndarray]:
   """The `tracker.*` part of a LOMM checkpoint, or the whole dict if it is a bare tracker state dict."""
   if any(k.startswith(PREFIX) for k in state_dict):
-    return {k[len(PREFIX):]: _to_numpy(v) for k, v in state_dict.items() if k.startswith(PREFIX)}
-  return {k: _to_numpy(v) for k, v in state_dict.items()}
+    return {k[len(PREFIX):]: to_numpy(v) for k, v in state_dict.items() if k.startswith(PREFIX)}
+  return {k: to_numpy(v) for k, v in state_dict.items()}
 
 
-def _infer_dims(sd):
+def infer_dims(sd):
   for key in ("decoder_norm.weight", "class_embed.weight", "transformer_ffn_layers_A.0.linear1.weight"):
     if key not in sd:
       raise ConversionError(f"tracker checkpoint: key {key!r} missing (got {len(sd)} keys, e.g. "
@@ -52,7 +52,7 @@ def _infer_dims(sd):
   return hidden_dim, num_classes, ffn_dim, max(layers) + 1
 
 
-def _expected(hidden_dim, num_classes, ffn_dim, num_layers):
+def expected_table(hidden_dim, num_classes, ffn_dim, num_layers):
   """{torch key: (expected shape, [(flax path, transform)])}."""
   c = hidden_dim
   table = {}
@@ -93,7 +93,7 @@ def _expected(hidden_dim, num_classes, ffn_dim, num_layers):
   return table
 
 
-def _apply_table(sd: Dict[str, np.ndarray], table, where: str) -> dict:
+def apply_table(sd: Dict[str, np.ndarray], table, where: str) -> dict:
   """Checks `sd` against `table` ({key: (shape, [(params path, transform)])}) and builds the params tree.
 
   Raises ConversionError naming every missing, unexpected and mis-shaped key."""
@@ -122,57 +122,29 @@ def tracker_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.C
     state_dict: {key: numpy array or torch tensor}.
     num_heads: attention heads (not stored in the checkpoint; 8 in the reference configs).
   Returns:
-    (config, params): config has `model` (hidden_dim, num_classes) and the full `tracker` section;
+    (config, params): config has `association.method = "o2vis"`, `model` (hidden_dim, num_classes) and
+    the full `tracker` section (runs with `association.track(config, params, frames)`);
     params is the `Tracker` params tree (arrays keep the checkpoint's dtype).
   Raises:
     ConversionError naming every missing, unexpected and mis-shaped key.
   """
   sd = _strip_prefix(state_dict)
-  hidden_dim, num_classes, ffn_dim, num_layers = _infer_dims(sd)
+  hidden_dim, num_classes, ffn_dim, num_layers = infer_dims(sd)
   if hidden_dim % num_heads:
     raise ConversionError(f"tracker checkpoint: hidden_dim {hidden_dim} not divisible by "
                           f"num_heads {num_heads}")
-  table = _expected(hidden_dim, num_classes, ffn_dim, num_layers)
-  params = _apply_table(sd, table, "tracker checkpoint (C=%d, K=%d, L=%d)" % (
+  table = expected_table(hidden_dim, num_classes, ffn_dim, num_layers)
+  params = apply_table(sd, table, "tracker checkpoint (C=%d, K=%d, L=%d)" % (
       hidden_dim, num_classes, num_layers))
-  config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(hidden_dim=hidden_dim, num_classes=num_classes))
-  config.tracker = tracker_config_part.get()
-  config.tracker.num_layers = num_layers
-  config.tracker.num_heads = num_heads
-  config.tracker.ffn_dim = ffn_dim
+  config = converted_config("o2vis", hidden_dim, num_classes)
+  config.tracker.update(num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim)
   return config, params
 
 
-TE_ONLY_PREFIX = "tracker_E."
-
-
-def te_only_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.ConfigDict, dict]:
-  """Converts the reference T_E-only tracker (`LOMM_Tracker_E`: `tracker_E.*` keys of a
-  LOMM_online_E checkpoint, or bare keys) to the params of `o2vis_jax.te_only.TrackerE`.
-
-  Same layouts as `tracker_from_reference`, with only the `_E` layers and T_E's own `ref_proj_E`.
-  Returns (config with tracker.mode='te_only', params); raises ConversionError like it.
-  """
-  if any(k.startswith(TE_ONLY_PREFIX) for k in state_dict):
-    state_dict = {k[len(TE_ONLY_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TE_ONLY_PREFIX)}
-  sd = {k.replace("ref_proj_E.", "ref_proj."): _to_numpy(v) for k, v in state_dict.items()}
-  if "transformer_ffn_layers_E.0.linear1.weight" not in sd or any("_layers_A." in k for k in sd):
-    raise ConversionError("T_E-only tracker checkpoint: expected `transformer_*_layers_E.*` keys and no "
-                          f"T_A keys (got {len(sd)} keys, e.g. {sorted(sd)[:5]})")
-  # The full-model table, restricted to T_E: fake the T_A layer-0 key that `_infer_dims` reads.
-  probe = dict(sd)
-  probe["transformer_ffn_layers_A.0.linear1.weight"] = sd["transformer_ffn_layers_E.0.linear1.weight"]
-  hidden_dim, num_classes, ffn_dim, num_layers = _infer_dims(probe)
-  table = {k: v for k, v in _expected(hidden_dim, num_classes, ffn_dim, num_layers).items()
-           if "_layers_A." not in k}
-  table = {k: (shape, [(("ref_proj_E",) + path[1:] if path[0] == "ref_proj" else path, transform)
-                       for path, transform in targets])
-           for k, (shape, targets) in table.items()}
-  params = _apply_table(sd, table, f"T_E-only tracker checkpoint (C={hidden_dim}, K={num_classes}, "
-                                   f"L={num_layers})")
+def converted_config(method: str, hidden_dim: int, num_classes: int) -> ml_collections.ConfigDict:
+  """{association: {method}, model: {hidden_dim, num_classes}, tracker: O2VIS defaults}."""
   config = ml_collections.ConfigDict()
+  config.association = ml_collections.ConfigDict(dict(method=method))
   config.model = ml_collections.ConfigDict(dict(hidden_dim=hidden_dim, num_classes=num_classes))
-  config.tracker = tracker_config_part.get()
-  config.tracker.update(mode="te_only", num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim)
-  return config, params
+  config.tracker = o2vis_config.default_config()
+  return config

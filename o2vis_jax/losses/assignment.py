@@ -2,7 +2,7 @@
 segmenter and the first-appearance consistent video matcher of the trackers (Eq. 10, REFERENCE.md 7.1).
 
 An assignment is `query_of_gt` (int32, -1 = unmatched): [G] for a clip (one query per GT track for every
-frame), [T, G] per frame. The Hungarian itself is `matching.hungarian` (scipy on the host through
+frame), [T, G] per frame. The Hungarian itself is `association.ops.hungarian` (scipy on the host through
 `jax.pure_callback`, or the exact device solver); everything here is stop-gradient.
 """
 
@@ -11,15 +11,25 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from o2vis_jax import matching
-from o2vis_jax import point_sampling
+# From the submodule: `association.ops` re-exports the function `hungarian` under the module's name.
+from o2vis_jax.association.ops.hungarian import hungarian
+from o2vis_jax.losses import point_sampling
+from o2vis_jax.losses.config import LossConfig
+from o2vis_jax.losses.set_loss import VideoTargets
+
+_DEFAULTS = LossConfig()
 
 
 class CostWeights(NamedTuple):
-  """Weights of the matching cost (Mask2Former's cost_class / cost_mask / cost_dice)."""
-  class_weight: float = 2.0
-  mask_weight: float = 5.0
-  dice_weight: float = 5.0
+  """Weights of the matching cost (Mask2Former's cost_class / cost_mask / cost_dice): the loss weights,
+  so the defaults are LossConfig's."""
+  class_weight: float = _DEFAULTS.class_weight
+  mask_weight: float = _DEFAULTS.mask_weight
+  dice_weight: float = _DEFAULTS.dice_weight
+
+  @classmethod
+  def of(cls, config: LossConfig) -> "CostWeights":
+    return cls(config.class_weight, config.mask_weight, config.dice_weight)
 
 
 def match_cost(pred_logits: jax.Array, pred_masks: jax.Array, labels: jax.Array, gt_masks: jax.Array,
@@ -89,7 +99,7 @@ def consistent_video_matching(costs: jax.Array, present: jax.Array, matcher: str
   taken = jnp.zeros((num_queries,), bool)
   for frame in range(num_frames):  # T is small and static; each stage is one host call.
     rows = first_frame == frame
-    assigned = matching.hungarian(costs[frame], rows, ~taken, matcher=matcher)
+    assigned = hungarian(costs[frame], rows, ~taken, matcher=matcher)
     assigned = jnp.where(rows, assigned, -1)
     query_of_gt = jnp.where(rows, assigned, query_of_gt)
     taken = taken | jnp.any(assigned[:, None] == jnp.arange(num_queries), axis=0)
@@ -98,4 +108,20 @@ def consistent_video_matching(costs: jax.Array, present: jax.Array, matcher: str
 
 def per_frame_matching(costs: jax.Array, present: jax.Array, matcher: str = "host") -> jax.Array:
   """Mask2Former's per-image Hungarian at every frame: GTs present at t vs all queries -> int32 [T, G]."""
-  return matching.hungarian(costs, present, None, matcher=matcher)
+  return hungarian(costs, present, None, matcher=matcher)
+
+
+def video_assignment(key: jax.Array, pred_logits: jax.Array, pred_masks: jax.Array,
+                     targets: VideoTargets, config: LossConfig) -> jax.Array:
+  """The first-appearance consistent assignment (Eq. 10) of one prediction set -> query_of_gt [G]."""
+  costs = clip_match_costs(key, pred_logits, pred_masks, targets.labels, targets.masks,
+                           config.num_points, CostWeights.of(config))
+  return consistent_video_matching(costs, targets.present, config.matcher)
+
+
+def frame_assignment(key: jax.Array, pred_logits: jax.Array, pred_masks: jax.Array,
+                     targets: VideoTargets, config: LossConfig) -> jax.Array:
+  """Mask2Former's per-image assignment at every frame -> query_of_gt [T, G]."""
+  costs = clip_match_costs(key, pred_logits, pred_masks, targets.labels, targets.masks,
+                           config.num_points, CostWeights.of(config))
+  return per_frame_matching(costs, targets.present, config.matcher)

@@ -7,7 +7,8 @@ Record format (one TFDS example; a COCO image is a video of length 1, so the pip
   annotation_ids [G] int64, labels [G] int32 (contiguous 0..K-1), category_ids [G] int32, iscrowd [G] int32,
   rles        [G * T] bytes compressed COCO RLE `counts` of annotation g at frame t (index g * T + t),
                             b"" where the segmentation is null (object absent or hidden).
-Masks are stored losslessly, so a built dataset round-trips the source masks exactly.
+Masks are stored losslessly, so a built dataset round-trips the source masks exactly; they decode with
+`o2vis_jax.evaluation.rle.masks_from_counts(rles, height, width)`.
 """
 
 import inspect
@@ -121,13 +122,6 @@ def segmentation_to_rle(segmentation, height: int, width: int, where: str) -> by
                               "RLE, polygon nor null")
   counts = rle["counts"]
   return counts if isinstance(counts, bytes) else counts.encode()
-
-
-def decode_rle(counts: bytes, height: int, width: int) -> np.ndarray:
-  """Mask [H, W] bool of a stored RLE; all False for b"" (null)."""
-  if not counts:
-    return np.zeros((height, width), bool)
-  return mask_utils.decode({"size": [height, width], "counts": counts}).astype(bool)
 
 
 def read_jpeg(path: str, height: int, width: int, where: str) -> bytes:
