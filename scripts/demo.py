@@ -2,6 +2,7 @@ r"""O2VIS end to end on the built-in synthetic occlusion dataset, on a laptop CP
 
   python scripts/demo.py                       # the shipped checkpoint (assets/synthetic_tiny)
   python scripts/demo.py --train               # train segmenter + trackers here first (configs/synthetic_tiny.py)
+  python scripts/demo.py --methods o2vis,minvis   # other association methods (rows), by registry name
 
 Steps (each also available on its own, shown in brackets):
   1. generate a held-out synthetic split (objects enter late, leave and re-enter, hide behind occluders)
@@ -9,11 +10,13 @@ Steps (each also available on its own, shown in brackets):
       --radius_range 0.15 0.25]   (size and radius range: the checkpoint config's data.synthetic_*)
   2. obtain a segmenter and trackers: the shipped checkpoint, or --train
      [python scripts/train.py --config configs/synthetic_tiny.py --workdir DIR]
-  3. video inference with the full O2VIS and with the Table 3(a) training-free baselines
-     [python scripts/infer.py --checkpoint CKPT --dataset_json DIR/valid.json --frames_dir DIR/valid/JPEGImages]
+  3. video inference with each association method of --methods (default: the full O2VIS and two Table 3(a)
+     training-free baselines on the same segmenter), results in WORKDIR/results_<method>.json
+     [python scripts/infer.py --checkpoint CKPT --method NAME --dataset_json DIR/valid.json
+      --frames_dir DIR/valid/JPEGImages]
   4. YouTube-VIS evaluation [python scripts/evaluate.py --gt DIR/valid.json --results RESULTS.json]
-  5. a table of AP / AP50 / AP75 / AR1 / AR10 per method, and an overlay video of one clip with one colour
-     per identity.
+  5. a table of AP / AP50 / AP75 / AR1 / AR10 per method, and an overlay video of one clip (first method)
+     with one colour per identity.
 Everything is written under --workdir.
 """
 
@@ -27,39 +30,71 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from o2vis_jax import association  # noqa: E402  (the registry: the names --methods takes)
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CHECKPOINT = os.path.join(_REPO, "assets", "synthetic_tiny")
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/o2vis_demo", "Where the data, results, metrics and the "
                                "overlay are written.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT, "A converted checkpoint directory "
-                                  "(segmenter + tracker) to evaluate; ignored with --train.")
+                                  "(segmenter, plus the tracker weights a trainable method of --methods "
+                                  "needs) to evaluate; ignored with --train.")
 _TRAIN = flags.DEFINE_bool("train", False, "Train the segmenter and trackers on the spot with "
                            "configs/synthetic_tiny.py (into WORKDIR/train; about an hour on 2 cores) "
                            "instead of using --checkpoint.")
 _VIDEOS = flags.DEFINE_integer("videos", 20, "Held-out synthetic videos to evaluate on.")
 _FRAMES = flags.DEFINE_integer("frames", 24, "Frames per held-out video.")
 _SEED = flags.DEFINE_integer("seed", 20000, "Seed of the held-out split (training used other seeds).")
+# name: (row label, overrides of the method's config section). The training-free rows run on the same
+# frozen segmenter without the trackers (REFERENCE.md section 11): training_free pinned to Table 3(a)
+# row 5, minvis is row 1. A registered method without an entry is labelled by its name.
+ROWS = {
+    "o2vis": ("O2VIS (IOM + OHM + T_E + T_A)", {}),
+    "o2vis_te_only": ("T_E only (IOM + OHM + T_E)", {}),
+    "training_free": ("IOM + OHM, no trackers", dict(memory="iom", matching="ohm")),
+    "minvis": ("no memory + Hungarian", {}),
+}
+DEFAULT_METHODS = ("o2vis", "training_free", "minvis")
+_METHODS = flags.DEFINE_list(
+    "methods", list(DEFAULT_METHODS),
+    f"Association methods to run and compare, comma-separated, one table row each, in this order; any of "
+    f"{', '.join(association.names())} (see scripts/infer.py --help). Default: o2vis (the full O2VIS), "
+    "training_free (IOM + OHM without trackers, Table 3(a) row 5) and minvis (no memory + Hungarian, "
+    "row 1). A trainable method other than the checkpoint's needs its own --checkpoint.")
 _REDUCED = flags.DEFINE_bool("reduced", False, "A quick run (3 videos of 12 frames) for smoke tests.")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Disable the progress bars.")
 
-# (row label, tracker-config overrides). The baselines run on the same frozen segmenter without the
-# trackers (REFERENCE.md section 11, Table 3(a) rows 1 and 5).
-METHODS = (
-    ("O2VIS (IOM + OHM + T_E + T_A)", dict(mode="trackers")),
-    ("IOM + OHM, no trackers", dict(mode="baseline", memory="iom", matching="ohm")),
-    ("no memory + Hungarian", dict(mode="baseline", memory="none", matching="hungarian")),
-)
 METRICS = ("AP", "AP50", "AP75", "AR1", "AR10")
 
 
-def method_config(config, overrides):
-  config = config.copy_and_resolve_references()
-  config.tracker.mode = overrides["mode"]
-  if overrides["mode"] == "baseline":
-    config.tracker.baseline.memory = overrides["memory"]
-    config.tracker.baseline.matching = overrides["matching"]
+@flags.validator("methods", message=f"--methods takes distinct names among {association.names()}")
+def _known_methods(names):
+  return bool(names) and len(set(names)) == len(names) and set(names) <= set(association.names())
+
+
+def row_label(name: str) -> str:
+  return ROWS.get(name, (name, {}))[0]
+
+
+def method_config(config, name: str):
+  """A copy of `config` running method `name` with the demo's overrides of its section."""
+  config = association.with_method(config, name)
+  config[association.get(name).section_name].update(ROWS.get(name, (name, {}))[1])
   return config
+
+
+def check_weights(source: str, config, has_tracker: bool, names) -> None:
+  """A trainable method runs only on its own trained weights: those of `config`'s method, if `source`
+  (a checkpoint, or the config --train trains) has tracker weights at all."""
+  trained_for = association.method_of(config)
+  for name in names:
+    method = association.get(name)
+    if method.trainable and (method is not trained_for or not has_tracker):
+      held = f"the tracker weights of {trained_for.name!r}" if has_tracker else "no tracker weights"
+      training_free = [n for n in association.names() if not association.get(n).trainable]
+      raise ValueError(f"--methods {name}: {source} gives {held}; give the --checkpoint of a trained "
+                       f"{name!r} model, or drop it from --methods (training-free: {training_free})")
 
 
 def format_table(rows):
@@ -79,10 +114,10 @@ def obtain_checkpoint(workdir: str, progress: bool) -> str:
                               "--checkpoint DIR (scripts/convert_checkpoint.py or scripts/train.py export)")
     return _CHECKPOINT.value
   from configs import synthetic_tiny
-  from o2vis_jax import tasks
+  from o2vis_jax import train
   config = synthetic_tiny.get_config()
   print("step 2/5: training the segmenter, then the trackers (configs/synthetic_tiny.py)")
-  return tasks.run_training(config, os.path.join(workdir, "train"), progress=progress)
+  return train.run_training(config, os.path.join(workdir, "train"), progress=progress)
 
 
 def main(argv):
@@ -99,10 +134,12 @@ def main(argv):
   progress = not _NO_PROGRESS.value
   num_videos, num_frames = (3, 12) if _REDUCED.value else (_VIDEOS.value, _FRAMES.value)
 
+  if _TRAIN.value:   # before the hour of training
+    from configs import synthetic_tiny
+    check_weights("--train (configs/synthetic_tiny.py)", synthetic_tiny.get_config(), True, _METHODS.value)
   checkpoint = obtain_checkpoint(workdir, progress)
   config, params = load_converted(checkpoint)
-  if "tracker" not in params:
-    raise ValueError(f"{checkpoint} has no tracker weights; the demo needs segmenter + trackers")
+  check_weights(checkpoint, config, "tracker" in params, _METHODS.value)
 
   data_dir = os.path.join(workdir, "data")
   print(f"step 1/5: generating {num_videos} held-out synthetic videos of {num_frames} frames "
@@ -116,19 +153,18 @@ def main(argv):
     dataset = json.load(f)
   print(f"step 2/5: model from {checkpoint}")
 
-  rows, o2vis_predictor = [], None
-  for index, (label, overrides) in enumerate(METHODS):
-    print(f"step 3/5: inference [{index + 1}/{len(METHODS)}] {label}")
-    predictor = inference.VideoPredictor.from_config(method_config(config, overrides), params)
+  rows, first_predictor = [], None
+  for index, name in enumerate(_METHODS.value):
+    label = row_label(name)
+    print(f"step 3/5: inference [{index + 1}/{len(_METHODS.value)}] {label} ({name})")
+    predictor = inference.VideoPredictor.from_config(method_config(config, name), params)
     results = inference.predict_dataset(predictor, dataset, frames_dir, progress=progress)
-    name = overrides["mode"] if overrides["mode"] == "trackers" else (
-        f"baseline_{overrides['memory']}_{overrides['matching']}")
     results_path = os.path.join(workdir, f"results_{name}.json")
     results_lib.write_results(results_path, results)
     print(f"step 4/5: evaluating {results_path}")
     rows.append((label, evaluation.evaluate(gt_json, results)))
     if index == 0:
-      o2vis_predictor = predictor
+      first_predictor = predictor
 
   table = format_table(rows)
   with open(os.path.join(workdir, "demo_metrics.json"), "w") as f:
@@ -136,8 +172,8 @@ def main(argv):
               indent=1)
 
   video, frame_source = next(inference.dataset_videos(dataset, frames_dir))
-  prediction = o2vis_predictor.predict_video(frame_source)
-  instances = prediction.instances(o2vis_predictor.max_num)
+  prediction = first_predictor.predict_video(frame_source)
+  instances = prediction.instances(first_predictor.max_num)
   names = {c["id"]: c["name"] for c in dataset["categories"]}
   category_ids = inference.category_ids_of(dataset)
   labels = [f"{names[category_ids[inst['label']]]} #{inst['identity']} {inst['score']:.2f}"
@@ -146,8 +182,8 @@ def main(argv):
   overlay_path = os.path.join(workdir, "overlay.mp4" if visualize.ffmpeg_available() else "overlay.gif")
   written = visualize.write_overlay(iter(frame_source), [instances[i] for i in keep], overlay_path, fps=6,
                                     labels=[labels[i] for i in keep])
-  print(f"step 5/5: overlay of video {video['id']} ({len(keep)} instances with score >= 0.3, one colour "
-        f"per identity): {written}")
+  print(f"step 5/5: overlay of video {video['id']} by {row_label(_METHODS.value[0])} ({len(keep)} "
+        f"instances with score >= 0.3, one colour per identity): {written}")
   print()
   print(f"YouTube-VIS metrics (x100) on {num_videos} held-out synthetic videos of {num_frames} frames:")
   print(table)

@@ -1,5 +1,8 @@
 r"""Trains O2VIS (trackers on a frozen segmenter, or the segmenter) on one CPU, GPUs or a TPU pod.
 
+The tracker stage trains the config's association method (`config.association.method`, a trainable one:
+`o2vis`, or `o2vis_te_only` for the T_E-only model); the training-free methods need no training.
+
   python scripts/train.py --config configs/synthetic_tiny.py --workdir /tmp/o2vis_tiny
   python scripts/train.py --config configs/ytvis19_r50.py --workdir DIR \
       --config.data.data_dir=/data/ytvis_2019_built --config.init_checkpoint=/ckpt/converted

@@ -1,5 +1,6 @@
-"""Every config file and variant loads, carries the REFERENCE.md section 10 values, and resolves
-(`video_model.resolve_options`) to the intended switches (Table 1 settings and Table 3 ablations)."""
+"""Every config file and variant loads, carries the REFERENCE.md section 10 values, and resolves (its
+association method from the registry, and that method's switches) to the intended setting (Table 1
+settings and Table 3 ablations)."""
 
 import glob
 import importlib
@@ -11,7 +12,7 @@ from ml_collections import config_flags
 import pytest
 
 from configs import ablations_r50, r50_common
-from o2vis_jax import video_model
+from o2vis_jax import association
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 VARIANTS = {"synthetic_tiny": ("segmenter+tracker", "segmenter", "tracker"),
@@ -33,12 +34,21 @@ def _all_configs():
       yield name, variant, module.get_config() if variant is None else module.get_config(variant)
 
 
+def _options(config):
+  """(the method's name, its resolved switches): o2vis / o2vis_te_only `Options`, training_free
+  (memory, use_ohm, matcher)."""
+  method = association.method_of(config)
+  resolve = getattr(method, "options", None) or getattr(method, "resolved")
+  return method.name, resolve(config)
+
+
 def test_every_config_and_variant_loads_and_resolves():
   seen = set()
   for name, variant, config in _all_configs():
     assert isinstance(config, ml_collections.ConfigDict), (name, variant)
-    options = video_model.resolve_options(config.tracker)
-    assert options.mode in video_model.MODES, (name, variant)
+    method, _ = _options(config)
+    assert method in association.names(), (name, variant)
+    assert "mode" not in config.tracker and "baseline" not in config.tracker, (name, variant)
     assert config.batch_size > 0 and config.num_train_steps > 0
     seen.add(name)
   assert set(TABLE1) | {"ablations_r50", "synthetic_tiny", "tiny"} <= seen
@@ -61,47 +71,49 @@ def test_table1_r50_values(name):
   assert (config.tracker.num_layers, config.tracker.num_heads, config.tracker.ffn_dim) == (3, 8, 2048)
   assert config.loss.num_points == 12544 and config.loss.no_object_weight == 0.1
   assert (config.loss.class_weight, config.loss.mask_weight, config.loss.dice_weight) == (2.0, 5.0, 5.0)
-  options = video_model.resolve_options(config.tracker)
-  assert (options.mode, options.anchor, options.current_features, options.early_matching) == (
-      "trackers", "adaptive", "tracker", False)           # the released LOMM_Online_R50.yaml
+  method, options = _options(config)
+  assert (method, options.anchor, options.current_features, options.early_matching) == (
+      "o2vis", "adaptive", "tracker", False)              # the released LOMM_Online_R50.yaml
   ytvis_instances = r50_common.DATASETS["ytvis19"][3]
   assert config.data.max_instances == (40 if name == "ovis_r50" else ytvis_instances)
   assert ytvis_instances < 40
 
 
 EXPECTED_ABLATIONS = {
-    # variant: (mode, baseline memory, baseline matching, anchor, early_matching)
-    "a1_none_hungarian": ("baseline", "none", "hungarian", None, None),
-    "a2_sim_hungarian": ("baseline", "similarity", "hungarian", None, None),
-    "a3_momentum_hungarian": ("baseline", "momentum", "hungarian", None, None),
-    "a4_iom_hungarian": ("baseline", "iom", "hungarian", None, None),
-    "a5_iom_ohm": ("baseline", "iom", "ohm", None, None),
-    "a6_te_only": ("te_only", None, None, None, True),
-    "a7_full": ("trackers", None, None, "adaptive", True),
-    "anchor_current": ("trackers", None, None, "current", True),
-    "anchor_memory": ("trackers", None, None, "memory", True),
-    "anchor_adaptive": ("trackers", None, None, "adaptive", True),
-    "early_off": ("trackers", None, None, "adaptive", False),
-    "early_on": ("trackers", None, None, "adaptive", True),
+    # variant: (association method, training_free memory, training_free matching, anchor, early_matching)
+    "a1_none_hungarian": ("training_free", "none", "hungarian", None, None),
+    "a2_sim_hungarian": ("training_free", "similarity", "hungarian", None, None),
+    "a3_momentum_hungarian": ("training_free", "momentum", "hungarian", None, None),
+    "a4_iom_hungarian": ("training_free", "iom", "hungarian", None, None),
+    "a5_iom_ohm": ("training_free", "iom", "ohm", None, None),
+    "a6_te_only": ("o2vis_te_only", None, None, None, True),
+    "a7_full": ("o2vis", None, None, "adaptive", True),
+    "anchor_current": ("o2vis", None, None, "current", True),
+    "anchor_memory": ("o2vis", None, None, "memory", True),
+    "anchor_adaptive": ("o2vis", None, None, "adaptive", True),
+    "early_off": ("o2vis", None, None, "adaptive", False),
+    "early_on": ("o2vis", None, None, "adaptive", True),
 }
 
 
 @pytest.mark.parametrize("variant", ablations_r50.VARIANTS)
 def test_ablation_variants_resolve_to_their_switches(variant):
   assert set(EXPECTED_ABLATIONS) == set(ablations_r50.VARIANTS)
-  mode, memory, matching, anchor, early = EXPECTED_ABLATIONS[variant]
+  expected_method, memory, matching, anchor, early = EXPECTED_ABLATIONS[variant]
   for dataset in ablations_r50.DATASETS:
     config = ablations_r50.get_config(f"{variant},{dataset}")
-    options = video_model.resolve_options(config.tracker)
-    assert options.mode == mode
+    method, options = _options(config)
+    assert method == expected_method
     assert config.data.dataset == r50_common.DATASETS[dataset][0]
     assert config.model.num_classes == r50_common.DATASETS[dataset][1]
-    if mode == "baseline":
-      assert (options.baseline_memory, options.baseline_matching) == (memory, matching)
-      assert config.tracker.baseline.top_k == 10
+    if method == "training_free":
+      assert options == (memory, matching == "ohm", "host")
+      assert (config.training_free.memory, config.training_free.matching) == (memory, matching)
+      assert config.training_free.top_k == 10
+      assert association.method_of(config).max_num(config, config.inference.max_num) == 10
       continue
     assert options.early_matching == early
-    if mode == "trackers":
+    if method == "o2vis":
       assert options.anchor == anchor and config.tracker.num_layers == 3
       assert config.num_train_steps == 160000 and config.train.early_training_fraction == 0.5
     else:  # LOMM_Online_R50_E: 6 T_E layers, 40k iterations with the step at 28k, always early.
@@ -124,6 +136,21 @@ def test_config_flags_loads_a_variant():
   config_flags.DEFINE_config_file("config", flag_values=values)
   values(["prog", f"--config={os.path.join(CONFIG_DIR, 'ablations_r50.py')}:anchor_memory,ovis"])
   config = values.config
-  options = video_model.resolve_options(config.tracker)
+  method, options = _options(config)
+  assert method == "o2vis"
   assert (options.anchor, options.early_matching, config.model.num_classes, config.inference.max_num) == (
       "memory", True, 25, 20)
+
+
+@pytest.mark.parametrize("variant", ["a1_none_hungarian", "a6_te_only", "a7_full"])
+def test_config_flags_overrides_a_none_valued_switch(variant):
+  """A switch left at None (typed by its FieldReference) stays overridable on the command line in every
+  kind of variant (training-free, T_E-only, full model)."""
+  argv = ["prog", f"--config={os.path.join(CONFIG_DIR, 'ablations_r50.py')}:{variant}",
+          "--config.tracker.current_features=segmenter", "--config.training_free.memory=momentum"]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  config = values.config
+  assert config.tracker.current_features == "segmenter", variant
+  assert config.training_free.memory == "momentum", variant

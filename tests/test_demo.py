@@ -35,8 +35,7 @@ def test_demo_reduced(tmp_path):
     metrics = json.load(f)
   # The printed and saved figures are the evaluator's on the written results files.
   gt = str(tmp_path / "data" / "valid.json")
-  for label, name in (("O2VIS (IOM + OHM + T_E + T_A)", "trackers"),
-                      ("no memory + Hungarian", "baseline_none_hungarian")):
+  for label, name in (("O2VIS (IOM + OHM + T_E + T_A)", "o2vis"), ("no memory + Hungarian", "minvis")):
     again = evaluation.evaluate(gt, str(tmp_path / f"results_{name}.json"))
     for key in ("AP", "AP50", "AR10"):
       assert metrics[label][key] == pytest.approx(again[key], abs=1e-12)

@@ -43,6 +43,7 @@ class _Slow(grain.transforms.Map):
 
 class ToyTask:
   """loss = mean over examples of (x.w - y + 0.01 * noise(example key))^2 (+ NaN where y is NaN)."""
+  phases = ("main",)
 
   def __init__(self, config, nan_at_example=None, sleep=0.0):
     self.config = config
@@ -52,8 +53,12 @@ class ToyTask:
   def init_params(self, rng):
     return {"w": jax.random.normal(rng, (DIM,))}, {"scale": jnp.asarray(2.0)}
 
-  def loss(self, trainable, frozen, batch, rngs, step):
+  def phase(self, step):
     del step
+    return "main"
+
+  def loss(self, trainable, frozen, batch, rngs, step, phase):
+    del step, phase
     noise = jax.vmap(lambda k: jax.random.normal(jax.random.wrap_key_data(k), ()))(rngs)
     residual = batch["x"] @ trainable["w"] * frozen["scale"] - batch["y"] + 0.01 * noise
     loss = jnp.mean(residual ** 2)

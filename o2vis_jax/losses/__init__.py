@@ -5,7 +5,7 @@
 - `point_sampling.py`: bilinear point sampling and PointRend's uncertain points (Mask2Former).
 - `assignment.py`: ground-truth assignment: the matching cost, the per-frame matcher and the
   first-appearance consistent video matcher (Eq. 10, REFERENCE.md 7.1).
-- `set_loss.py`: the Mask2Former set loss of one video (CE, BCE and dice on points), its targets and
+- `set_prediction.py`: the Mask2Former set loss of one video (CE, BCE and dice on points), its targets and
   the mask counts that normalise it.
 - `segmenter.py`: the segmenter's per-frame criterion with the contrastive loss (Eq. 13, SPEC section 6).
 - `batch.py`: `mean_over_videos`, any per-video criterion averaged over a batch.
@@ -24,10 +24,11 @@ reference's `sum / (all_reduce(num_masks) / world_size)` with one clip per GPU.
 # Order matters: `assignment` imports the association package, whose methods import this package back;
 # every name they need at import time (LossConfig, VideoTargets, ...) is bound before that.
 from o2vis_jax.losses.config import RULES, LossConfig, default_config, loss_config_from, tiny
-from o2vis_jax.losses.set_loss import (Outputs, VideoTargets, average_num_masks, classification_loss,
-                                       mask_losses, point_mask_losses, segmenter_mask_count, set_loss,
-                                       target_classes, targets_from_batch, tracker_mask_count,
-                                       video_targets, weighted_total)
+from o2vis_jax.losses.set_prediction import (Outputs, VideoTargets, average_num_masks,
+                                             classification_loss, mask_losses, point_mask_losses,
+                                             segmenter_mask_count, set_loss, target_classes,
+                                             targets_from_batch, tracker_mask_count, video_targets,
+                                             weighted_total)
 from o2vis_jax.losses.batch import mean_over_videos
 from o2vis_jax.losses.assignment import (CostWeights, clip_match_costs, consistent_video_matching,
                                          first_appearance, frame_assignment, match_cost,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from o2vis_jax.association.ops.hungarian import hungarian
 from o2vis_jax.losses import point_sampling
 from o2vis_jax.losses.config import LossConfig
-from o2vis_jax.losses.set_loss import VideoTargets
+from o2vis_jax.losses.set_prediction import VideoTargets
 
 _DEFAULTS = LossConfig()
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from o2vis_jax.losses import assignment
 from o2vis_jax.losses.config import RULES, LossConfig
-from o2vis_jax.losses.set_loss import Outputs, VideoTargets, set_loss, weighted_total
+from o2vis_jax.losses.set_prediction import Outputs, VideoTargets, set_loss, weighted_total
 
 
 # ------------------------------------------------------------------------------------------------

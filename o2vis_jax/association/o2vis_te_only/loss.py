@@ -9,7 +9,7 @@ import jax
 from o2vis_jax.association.o2vis import loss as o2vis_loss
 from o2vis_jax.losses import assignment
 from o2vis_jax.losses.config import LossConfig
-from o2vis_jax.losses.set_loss import Outputs, VideoTargets, set_loss, weighted_total
+from o2vis_jax.losses.set_prediction import Outputs, VideoTargets, set_loss, weighted_total
 
 
 def te_only_criterion(key: jax.Array, outputs: Outputs, targets: VideoTargets, num_masks: jax.Array,
