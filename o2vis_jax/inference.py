@@ -205,33 +205,12 @@ def model_for_config(config, mask_padding: bool = False) -> Tuple[Callable, Call
 
 
 def init_params(config, seed: int = 0) -> Dict[str, Any]:
-  """Random {'segmenter', 'tracker'} parameters of `config`, for smoke tests and benchmarks.
-
-  'tracker': the association method's own `init_params` ({} for a training-free method). The
-  segmenter's shapes come from its `init` under `jax.eval_shape` (traced, not compiled: its init
-  program takes a minute to compile on a small CPU), the values are drawn with NumPy: kernels normal /
-  sqrt(fan_in), embeddings standard normal, norm scales and variances near 1, biases small.
-  """
+  """Random {'segmenter', 'tracker'} parameters of `config`, for smoke tests and benchmarks: the
+  segmenter's `models.init_segmenter_params` and the association method's own `init_params` ({} for a
+  training-free method)."""
   segmenter_key, tracker_key = jax.random.split(jax.random.PRNGKey(seed))
-  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  shapes = jax.eval_shape(models.build_segmenter(config).init, segmenter_key, images)["params"]
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = str(getattr(path[-1], "key", path[-1]))
-    shape = leaf.shape
-    if name in ("scale", "var"):
-      value = 1.0 + 0.1 * np.abs(rng.standard_normal(shape))
-    elif name == "kernel":
-      value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
-    elif len(shape) >= 2:            # embeddings (queries, levels)
-      value = rng.standard_normal(shape)
-    else:
-      value = 0.1 * rng.standard_normal(shape)
-    return jnp.asarray(value, leaf.dtype)
-
   method = association.method_of(config)
-  return dict(segmenter=jax.tree_util.tree_map_with_path(draw, shapes),
+  return dict(segmenter=models.init_segmenter_params(config, segmenter_key),
               tracker=method.init_params(config, tracker_key, num_classes=config.model.num_classes,
                                          hidden_dim=config.model.hidden_dim))
 

@@ -20,14 +20,8 @@ import ml_collections
 
 from o2vis_jax import association
 from o2vis_jax import losses
-from o2vis_jax.models import build_segmenter
+from o2vis_jax.models import build_segmenter, init_segmenter_params
 from o2vis_jax.train import DATA_AXIS
-
-
-def init_segmenter_params(config, rng) -> Any:
-  # No segmenter parameter depends on the image size; 64x64 is the smallest cheap multiple of 32.
-  images = jnp.zeros((1, 64, 64, 3), jnp.float32)
-  return build_segmenter(config).init(rng, images)["params"]
 
 
 TRACKER_HEADS = ("decoder_norm", "class_embed", "mask_embed")

@@ -18,6 +18,7 @@ Only `name`, `default_config`, `init_state` and `step` must be written; the rest
 """
 
 import abc
+import copy
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -246,8 +247,8 @@ def association_config(method: str = "o2vis") -> ml_collections.ConfigDict:
 def with_method(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """A copy of `config` running method `name`, its section filled from the defaults if absent."""
   method = get(name)
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
+  config = copy.deepcopy(config)   # keeps the types of fields left at None (FieldReference), unlike
+  with config.unlocked():          # copy_and_resolve_references, so --config overrides still apply.
     if "association" not in config:
       config.association = association_config(name)
     config.association.method = name
