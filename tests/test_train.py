@@ -47,16 +47,20 @@ def _one_step(num_devices):
   mesh = train.make_mesh(jax.devices()[:num_devices])
   step = train.make_train_step(task, tx, mesh, config.batch_size)
   batch = train._global_batch(next(task.train_iterator(config.seed)), mesh)
-  state, metrics = step(state, frozen, batch)
-  return jax.device_get(state.params["w"]), float(metrics["loss"])
+  new_state, metrics = step(state, frozen, batch)
+  update = np.asarray(new_state.params["w"], np.float64) - np.asarray(state.params["w"], np.float64)
+  return update, float(metrics["loss"])
 
 
 def test_one_device_equals_four_devices():
   assert len(jax.devices()) >= 4, "tests/conftest.py forces 4 host devices"
-  w1, loss1 = _one_step(1)
-  w4, loss4 = _one_step(4)
-  np.testing.assert_allclose(loss4, loss1, rtol=1e-6)
-  np.testing.assert_allclose(w4, w1, rtol=1e-6, atol=1e-7)
+  update1, loss1 = _one_step(1)
+  update4, loss4 = _one_step(4)
+  # Sums over 1 or 4 devices differ in float32 reduction order: compare at that order's scale (the loss
+  # relative to itself, the update relative to its norm), far below what a wrong shard would change.
+  np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+  assert np.linalg.norm(update1) > 0
+  assert np.linalg.norm(update4 - update1) <= 1e-4 * np.linalg.norm(update1)
 
 
 def test_loss_matches_numpy_and_decreases(tmp_path):

@@ -35,13 +35,12 @@ def early_training_phase(config, options: config_lib.Options, step: int) -> str:
   return "main"
 
 
-class O2VIS(base.Method):
-  """The full online O2VIS: IOM + OHM + T_E + T_A (Table 3(a) row 7)."""
-  name = "o2vis"
+class ReferringTrackerMethod(base.Method):
+  """What O2VIS and its T_E-only model share: the section `config.tracker`, a referring-tracker Flax
+  module built from it (`module_class`), its Xavier initialisation, the loss options, the state outputs."""
   config_key = config_lib.SECTION
-  required_inputs = ("embeds", "embeds_without_norm", "mask_features")
-  phases = ("early", "main")
-  checkpoint_prefixes = (convert.PREFIX,)
+  module_class = tracker_lib.Tracker
+  early_matching_default = False
 
   def default_config(self) -> ml_collections.ConfigDict:
     return config_lib.default_config()
@@ -50,16 +49,39 @@ class O2VIS(base.Method):
     config_lib.tiny(section)
 
   def options(self, config) -> config_lib.Options:
-    return config_lib.resolve_options(self.section(config))
+    return config_lib.resolve_options(self.section(config), self.early_matching_default)
 
-  def module(self, config, *, hidden_dim: int, num_classes: int) -> tracker_lib.Tracker:
-    return tracker_lib.Tracker.from_section(self.section(config), hidden_dim=hidden_dim,
-                                            num_classes=num_classes)
+  def module(self, config, *, hidden_dim: int, num_classes: int):
+    return self.module_class.from_section(self.section(config), hidden_dim=hidden_dim,
+                                          num_classes=num_classes)
+
+  def bound_module(self, config, params, frame):
+    """The module bound to `params`, sized by the frame (C) and the class head (K)."""
+    return self.module(config, hidden_dim=frame["embeds_without_norm"].shape[-1],
+                       num_classes=num_classes_of(params)).bind({"params": params})
 
   def init_params(self, config, rng, *, num_classes, hidden_dim):
     """Xavier-uniform kernels, zero biases, unit norm scales (the reference trackers' reset)."""
     module = self.module(config, hidden_dim=hidden_dim, num_classes=num_classes)
     return tracker_lib.xavier_params(module, rng, hidden_dim)
+
+  def state_outputs(self, state) -> Dict[str, Any]:
+    return {"memory": state.memory, "occupied": state.occupied}
+
+  def loss_config(self, config) -> losses.LossConfig:
+    """config.loss with the section's semantics (T_E targets, L_sim) and matcher as defaults."""
+    section = self.section(config)
+    semantics = section.get("semantics", "reference")
+    return losses.loss_config_from(config, target_rule=semantics, sim_rule=semantics,
+                                   matcher=section.get("matcher", "host"))
+
+
+class O2VIS(ReferringTrackerMethod):
+  """The full online O2VIS: IOM + OHM + T_E + T_A (Table 3(a) row 7)."""
+  name = "o2vis"
+  required_inputs = ("embeds", "embeds_without_norm", "mask_features")
+  phases = ("early", "main")
+  checkpoint_prefixes = (convert.PREFIX,)
 
   def init_state(self, config, *, num_queries, hidden_dim, dtype):
     return step_lib.init_state(num_queries, hidden_dim, dtype)
@@ -74,22 +96,11 @@ class O2VIS(base.Method):
     return phase == "early"
 
   def step(self, config, params, state, frame, *, train, phase=None):
-    tracker = self.module(config, hidden_dim=frame["embeds_without_norm"].shape[-1],
-                          num_classes=num_classes_of(params)).bind({"params": params})
-    return step_lib.tracker_step(tracker, self.options(config), train,
+    return step_lib.tracker_step(self.bound_module(config, params, frame), self.options(config), train,
                                  self.resolve_phase(config, train, phase), state, frame)
-
-  def state_outputs(self, state) -> Dict[str, Any]:
-    return {"memory": state.memory, "occupied": state.occupied}
 
   def phase(self, config, step: int) -> str:
     return early_training_phase(config, self.options(config), step)
-
-  def loss_config(self, config) -> losses.LossConfig:
-    section = self.section(config)
-    semantics = section.get("semantics", "reference")
-    return losses.loss_config_from(config, target_rule=semantics, sim_rule=semantics,
-                                   matcher=section.get("matcher", "host"))
 
   def loss(self, config, key, outputs, targets, num_masks, *, phase):
     """Eq. 10-12 (`loss.tracker_criterion`); in the early phase the GT assignment is made on the

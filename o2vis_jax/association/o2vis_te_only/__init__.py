@@ -29,14 +29,14 @@ The frame 0 assignment is the identity; the reference uses Hung(e_0, e_0), which
 two rows of e_0 are parallel.
 """
 
-from typing import Any, Dict, NamedTuple
+from typing import Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from o2vis_jax import losses
 from o2vis_jax.association import base
+from o2vis_jax.association.o2vis import ReferringTrackerMethod
 from o2vis_jax.association.o2vis import config as o2vis_config
 from o2vis_jax.association.o2vis import loss as o2vis_loss
 from o2vis_jax.association.o2vis import step as o2vis_step
@@ -90,10 +90,13 @@ def te_only_step(tracker: tracker_lib.TrackerE, matcher: str, train: bool, early
   return new_state, outputs
 
 
-class O2VISTEOnly(base.Method):
+class O2VISTEOnly(ReferringTrackerMethod):
   """T_E alone re-ordering the segmenter's predictions (Table 3(a) row 6)."""
   name = "o2vis_te_only"
-  config_key = o2vis_config.SECTION
+  module_class = tracker_lib.TrackerE
+  # The T_E-only reference always trains with early matching (REFERENCE.md 12); one phase, so it is
+  # never switched off half-way.
+  early_matching_default = True
   required_inputs = ("embeds", "embeds_without_norm", "mask_features", "logits", "masks")
   checkpoint_prefixes = (convert.TE_ONLY_PREFIX,)
 
@@ -102,43 +105,19 @@ class O2VISTEOnly(base.Method):
     section.num_layers = 6      # the reference builds T_E with DECODER_LAYERS = 6 here.
     return section
 
-  def tiny(self, section) -> None:
-    o2vis_config.tiny(section)
-
-  def options(self, config) -> o2vis_config.Options:
-    # The T_E-only reference always trains with early matching (REFERENCE.md 12).
-    return o2vis_config.resolve_options(self.section(config), early_matching_default=True)
-
-  def module(self, config, *, hidden_dim: int, num_classes: int) -> tracker_lib.TrackerE:
-    return tracker_lib.TrackerE.from_section(self.section(config), hidden_dim=hidden_dim,
-                                             num_classes=num_classes)
-
-  def init_params(self, config, rng, *, num_classes, hidden_dim):
-    module = self.module(config, hidden_dim=hidden_dim, num_classes=num_classes)
-    return tracker_lib.xavier_params(module, rng, hidden_dim)
-
   def init_state(self, config, *, num_queries, hidden_dim, dtype):
     return State(memory=jnp.zeros((num_queries, hidden_dim), dtype),
                  occupied=jnp.zeros((num_queries,), bool), started=jnp.zeros((), bool))
 
   def step(self, config, params, state, frame, *, train):
     options = self.options(config)
-    num_classes = params["class_embed"]["kernel"].shape[-1] - 1
-    tracker = self.module(config, hidden_dim=frame["embeds_without_norm"].shape[-1],
-                          num_classes=num_classes).bind({"params": params})
-    return te_only_step(tracker, options.matcher, train, train and options.early_matching, state, frame)
-
-  def state_outputs(self, state) -> Dict[str, Any]:
-    return {"memory": state.memory, "occupied": state.occupied}
+    return te_only_step(self.bound_module(config, params, frame), options.matcher, train,
+                        train and options.early_matching, state, frame)
 
   def loss(self, config, key, outputs, targets, num_masks, *, phase):
     del phase
-    section = self.section(config)
-    semantics = section.get("semantics", "reference")
-    loss_config = losses.loss_config_from(config, target_rule=semantics, sim_rule=semantics,
-                                          matcher=section.get("matcher", "host"))
-    return loss_lib.te_only_criterion(key, o2vis_loss.tracker_outputs_from_track(outputs), targets, num_masks,
-                                      loss_config)
+    return loss_lib.te_only_criterion(key, o2vis_loss.tracker_outputs_from_track(outputs), targets,
+                                      num_masks, self.loss_config(config))
 
   def from_reference(self, state_dict, num_heads):
     return convert.te_only_from_reference(state_dict, num_heads)
