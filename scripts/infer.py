@@ -58,23 +58,11 @@ _OVERLAY = flags.DEFINE_string("overlay", None, "Overlay of the results on the f
                                "without imageio-ffmpeg) per video.")
 _OVERLAY_ALL_SLOTS = flags.DEFINE_bool("overlay_all_slots", False, "Draw every tracker slot with "
                                        "its best class instead of the top-k results.")
-# What each method is, for --help; a method registered without an entry here shows its class docstring.
-_METHOD_SUMMARIES = {
-    "o2vis": "the full O2VIS: T_E + T_A on the IOM with OHM, Table 3(a) row 7",
-    "o2vis_te_only": "the T_E-only model of Table 3(a) row 6",
-    "training_free": "training-free association of the segmenter's outputs, Table 3(a) rows 1-5: "
-                     "config.training_free.memory (none / similarity / momentum / iom) x .matching "
-                     "(hungarian / ohm), default IOM + OHM (row 5); with --config e.g. "
-                     "--config.training_free.memory=none",
-    "minvis": "MinVIS: no memory + Hungarian on the segmenter's outputs, Table 3(a) row 1",
-}
-
-
 def _method_help() -> str:
   described = []
   for name in association.names():
     method = association.get(name)
-    summary = _METHOD_SUMMARIES.get(name) or (type(method).__doc__ or "").strip().split("\n")[0]
+    summary = method.description or (type(method).__doc__ or "").strip().split("\n")[0]
     needs = "its own tracker weights" if method.trainable else "a segmenter only"
     described.append(f"'{name}' ({summary}; needs {needs}; reads config.{method.section_name})")
   return ("Association method to run (default: the checkpoint's or config's config.association.method): "

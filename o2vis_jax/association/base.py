@@ -34,12 +34,14 @@ class Method(abc.ABC):
 
   Class attributes:
     name: the registry name (`config.association.method`).
+    description: one line for `--help` listings (scripts/infer.py, scripts/demo.py).
     config_key: the section of the experiment config the method reads (default: `name`).
     required_inputs: the frame keys `step` reads (besides `valid`, which only the driver reads).
     phases: the training phases, static strings; `step` receives `phase=` only when there are several.
     score_inputs: the per-frame outputs that video-level scoring reads (they leave the device per chunk).
   """
   name: str = ""
+  description: str = ""
   config_key: Optional[str] = None
   required_inputs: Tuple[str, ...] = ("embeds",)
   phases: Tuple[str, ...] = ("main",)

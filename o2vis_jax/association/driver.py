@@ -17,7 +17,7 @@ import numpy as np
 
 from o2vis_jax.association import base
 
-# Inputs cast to the state dtype (the old `video_model.track` cast e_t; the rest follow their producer).
+# Inputs `track` casts to the state dtype (e_t, as before the seam); the rest keep their producer's dtype.
 _CAST_INPUTS = ("embeds",)
 
 

@@ -15,6 +15,7 @@ from o2vis_jax.association.training_free import TrainingFree
 
 class MinVIS(TrainingFree):
   name = "minvis"
+  description = "MinVIS: no memory + Hungarian on the segmenter's outputs, Table 3(a) row 1"
 
   def default_config(self) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(

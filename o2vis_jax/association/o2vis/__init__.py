@@ -79,6 +79,7 @@ class ReferringTrackerMethod(base.Method):
 class O2VIS(ReferringTrackerMethod):
   """The full online O2VIS: IOM + OHM + T_E + T_A (Table 3(a) row 7)."""
   name = "o2vis"
+  description = "the full O2VIS: T_E + T_A on the IOM with OHM, Table 3(a) row 7"
   required_inputs = ("embeds", "embeds_without_norm", "mask_features")
   phases = ("early", "main")
   checkpoint_prefixes = (convert.PREFIX,)

@@ -93,6 +93,7 @@ def te_only_step(tracker: tracker_lib.TrackerE, matcher: str, train: bool, early
 class O2VISTEOnly(ReferringTrackerMethod):
   """T_E alone re-ordering the segmenter's predictions (Table 3(a) row 6)."""
   name = "o2vis_te_only"
+  description = "the T_E-only model of Table 3(a) row 6"
   module_class = tracker_lib.TrackerE
   # The T_E-only reference always trains with early matching (REFERENCE.md 12); one phase, so it is
   # never switched off half-way.

@@ -54,6 +54,9 @@ def baseline_step(memory_mode: str, use_ohm: bool, matcher: str, state: State,
 class TrainingFree(base.Method):
   """Table 3(a) rows 1-5: memory x matching on the segmenter's outputs, no parameters."""
   name = "training_free"
+  description = ("training-free association of the segmenter's outputs, Table 3(a) rows 1-5: "
+                 "config.training_free.memory (none / similarity / momentum / iom) x .matching "
+                 "(hungarian / ohm), default IOM + OHM (row 5)")
   required_inputs = ("embeds", "logits", "masks")
 
   def default_config(self) -> ml_collections.ConfigDict:
