@@ -70,6 +70,11 @@ def _method_help() -> str:
 
 
 _METHOD = flags.DEFINE_enum("method", None, association.names(), _method_help())
+# The flag before the association seam, kept so that old command lines still run (with a warning).
+_LEGACY_MODES = {"trackers": "o2vis", "te_only": "o2vis_te_only", "baseline": "training_free"}
+_TRACKER_MODE = flags.DEFINE_enum(
+    "tracker_mode", None, sorted(_LEGACY_MODES), "Deprecated: use --method "
+    "(trackers = o2vis, te_only = o2vis_te_only, baseline = training_free).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Frames per chunk (default: "
                                    "config.inference.chunk_size).")
 _MAX_NUM = flags.DEFINE_integer("max_num", None, "Results per video, top-k over slot x class "
@@ -97,9 +102,15 @@ def _load_model():
   else:
     config = _CONFIG.value
     params = None
-  if _METHOD.value:
+  method_name = _METHOD.value
+  if _TRACKER_MODE.value:
+    if method_name:
+      raise CommandLineError("give --method only (--tracker_mode is its deprecated form)")
+    method_name = _LEGACY_MODES[_TRACKER_MODE.value]
+    logging.warning("--tracker_mode is deprecated: use --method %s", method_name)
+  if method_name:
     trained_for = association.method_of(config)
-    config = association.with_method(config, _METHOD.value)
+    config = association.with_method(config, method_name)
     method = association.method_of(config)
     if params is not None and method.trainable and "tracker" in params and method is not trained_for:
       # A trainable method's weights are its own: another method's do not fit them.
