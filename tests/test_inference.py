@@ -1,16 +1,17 @@
 """Video inference (`o2vis_jax.inference`): chunking, video-level top-k, mask geometry, RLE, results.
 
-References: PyTorch (`F.interpolate`, `softmax`, `topk`) for REFERENCE.md 8.3-8.4, a one-shot run for
-the chunked scan, and hand-made chunk models whose outputs are known.
+References: PyTorch (`F.interpolate`, `softmax`, `topk`) for REFERENCE.md 8.3-8.4, recorded by
+scripts/make_torch_fixtures.py, a NumPy bilinear resize checked against them, a one-shot run for the
+chunked scan, and hand-made chunk models whose outputs are known.
 """
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 
 from o2vis_jax import association, inference, video_io
@@ -18,25 +19,19 @@ from o2vis_jax.evaluation import rle as rle_lib
 
 
 # --------------------------------------------------------------------------------------------------
-# Video-level scores: REFERENCE.md 8.3-8.4 in PyTorch.
+# Video-level scores: REFERENCE.md 8.3-8.4 in PyTorch (mean logits, softmax, no-object dropped, topk).
 
-def _torch_topk(frame_logits, max_num):
-  logits = torch.from_numpy(frame_logits).mean(0)          # 8.3: mean of logits over frames
-  num_classes = logits.shape[-1] - 1
-  scores = torch.softmax(logits, -1)[:, :num_classes]      # 8.4: no-object dropped
-  values, index = scores.flatten().topk(max_num, sorted=True)
-  return values.numpy(), (index % num_classes).numpy(), (index // num_classes).numpy()
+TORCH = os.path.join(os.path.dirname(__file__), "fixtures", "torch_references.npz")
 
 
 @pytest.mark.parametrize("max_num", [1, 10, 24])
 def test_video_topk_matches_torch(max_num):
-  rng = np.random.default_rng(max_num)
-  frame_logits = rng.normal(size=(9, 6, 5)) * 3.0          # T=9, N=6, K=4
+  fixture = np.load(TORCH)
+  frame_logits = fixture[f"topk_{max_num}/frame_logits"]          # T=9, N=6, K=4
   scores, labels, slots = inference.video_topk(frame_logits.mean(0), max_num)
-  want_scores, want_labels, want_slots = _torch_topk(frame_logits, max_num)
-  np.testing.assert_allclose(scores, want_scores, rtol=1e-12)
-  np.testing.assert_array_equal(labels, want_labels)
-  np.testing.assert_array_equal(slots, want_slots)
+  np.testing.assert_allclose(scores, fixture[f"topk_{max_num}/scores"], rtol=1e-12)
+  np.testing.assert_array_equal(labels, fixture[f"topk_{max_num}/labels"])
+  np.testing.assert_array_equal(slots, fixture[f"topk_{max_num}/slots"])
 
 
 def test_video_topk_hand_computed_one_slot_two_classes():
@@ -51,23 +46,38 @@ def test_video_topk_hand_computed_one_slot_two_classes():
 # --------------------------------------------------------------------------------------------------
 # Mask geometry: resize to padded input, crop, resize to original, threshold (REFERENCE.md 8.4).
 
-def _torch_masks(logits, geometry):
+def _bilinear(x, height, width):
+  """PyTorch `F.interpolate(bilinear, align_corners=False)` of x [..., h, w], written pixel by pixel: the
+  source coordinate (dst + 0.5) * in / out - 0.5, clamped at 0; the right / lower neighbour clamped to the
+  last pixel."""
+  def axis(n_in, n_out):
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    low = np.minimum(np.floor(src).astype(int), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    return low, high, src - low
+  y0, y1, wy = axis(x.shape[-2], height)
+  x0, x1, wx = axis(x.shape[-1], width)
+  rows = x[..., y0, :] * (1 - wy)[:, None] + x[..., y1, :] * wy[:, None]
+  return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+
+
+def _reference_masks(logits, geometry):
+  """REFERENCE.md 8.4: resize to the padded input, crop to the resized image, resize to the original."""
   g = geometry
-  x = torch.from_numpy(logits)[None]
-  x = torch.nn.functional.interpolate(x, size=(g.padded_height, g.padded_width), mode="bilinear",
-                                      align_corners=False)
-  x = x[:, :, :g.resized_height, :g.resized_width]
-  x = torch.nn.functional.interpolate(x, size=(g.height, g.width), mode="bilinear",
-                                      align_corners=False)
-  return x[0].numpy()
+  x = _bilinear(logits, g.padded_height, g.padded_width)[..., :g.resized_height, :g.resized_width]
+  return _bilinear(x, g.height, g.width)
 
 
 @pytest.mark.parametrize("height,width", [(50, 70), (20, 30), (37, 23)])
 def test_mask_resize_crop_matches_torch(height, width):
+  fixture = np.load(TORCH)
   g = video_io.FrameGeometry.for_video(height, width, 32, 32)
   mask_h, mask_w = g.padded_height // 4, g.padded_width // 4
-  logits = np.random.default_rng(height).normal(size=(3, mask_h, mask_w))
-  want = _torch_masks(logits, g)
+  logits = fixture[f"resize_{height}x{width}/logits"]
+  assert logits.shape == (3, mask_h, mask_w)
+  want = fixture[f"resize_{height}x{width}/out"]
+  # The NumPy reference used below on model outputs is PyTorch's resize.
+  np.testing.assert_allclose(_reference_masks(logits, g), want, rtol=0, atol=1e-12)
   m_y, m_x = inference.mask_resize_matrices(mask_h, mask_w, g)
   np.testing.assert_allclose(np.einsum("yh,nhw,xw->nyx", m_y, logits, m_x), want, atol=1e-5)
   packed = jax.jit(inference.binary_masks)(jnp.asarray(logits[None], jnp.float32), m_y, m_x)
@@ -325,7 +335,7 @@ def test_mask_logits_reach_the_original_size(baseline_predictions):
   assert (geometry.padded_height, geometry.padded_width) == (64, 128)
   logits = prediction.frame_mask_logits
   assert logits.shape == (_FRAMES, 8, 16, 32)
-  full = np.stack([_torch_masks(logits[t].astype(np.float64), geometry) for t in range(_FRAMES)])
+  full = np.stack([_reference_masks(logits[t].astype(np.float64), geometry) for t in range(_FRAMES)])
   masks = np.stack([prediction.slot_masks(t) for t in range(_FRAMES)])
   assert 0.01 < masks.mean() < 0.99
   decided = np.abs(full) > 1e-4

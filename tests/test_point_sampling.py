@@ -1,12 +1,16 @@
-"""point_sample against a NumPy bilinear loop and PyTorch's grid_sample; PointRend uncertainty sampling
-against a NumPy top-k over the documented random draws."""
+"""point_sample against a NumPy bilinear loop and PyTorch's grid_sample (numbers recorded by
+scripts/make_torch_fixtures.py); PointRend uncertainty sampling against a NumPy top-k over the documented
+random draws."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 
 from o2vis_jax.losses import point_sampling
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "torch_references.npz")
 
 
 def numpy_point_sample(values, coords):
@@ -28,21 +32,15 @@ def numpy_point_sample(values, coords):
 
 
 def test_point_sample_matches_numpy_and_torch_grid_sample():
-  rng = np.random.default_rng(0)
-  values = rng.normal(size=(3, 5, 7)).astype(np.float32)
-  # Points inside, on the border half-pixel band and outside [0, 1] (zero padding).
-  coords = rng.uniform(-0.15, 1.15, size=(3, 40, 2)).astype(np.float32)
-  coords[:, 0] = [0.0, 0.0]
-  coords[:, 1] = [1.0, 1.0]
-  coords[:, 2] = [0.5 / 7, 0.5 / 5]   # exactly the first pixel centre.
+  # Points inside, on the border half-pixel band and outside [0, 1] (zero padding); the PyTorch
+  # grid_sample output was recorded by scripts/make_torch_fixtures.py.
+  fixture = np.load(FIXTURE)
+  values, coords = fixture["point_sample/values"], fixture["point_sample/coords"]
   got = np.asarray(point_sampling.point_sample(jnp.asarray(values), jnp.asarray(coords)))
   want = numpy_point_sample(values.astype(np.float64), coords.astype(np.float64))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(got[:, 2], values[:, 0, 0], rtol=1e-6)
-  torch_out = torch.nn.functional.grid_sample(
-      torch.from_numpy(values)[:, None], 2 * torch.from_numpy(coords)[:, :, None] - 1,
-      mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0].numpy()
-  np.testing.assert_allclose(got, torch_out, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, fixture["point_sample/out"], rtol=1e-5, atol=1e-5)
 
 
 def test_shared_points_and_resolution_independence():

@@ -1,12 +1,13 @@
 """Weight import of the reference tracker: a PyTorch module with the reference's parameter names (built
-here from REFERENCE.md section 1, torch.nn.MultiheadAttention for the fused projections) is converted and
-its forward (written with torch ops) compared with ours."""
+in scripts/make_torch_fixtures.py from REFERENCE.md section 1, torch.nn.MultiheadAttention for the fused
+projections; its state dict and outputs are recorded in tests/fixtures/torch_references.npz) is converted
+and our forward compared with its; plus the table's errors."""
+
+import os
 
 import jax
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import reference_numpy as ref
 from o2vis_jax import association
@@ -15,85 +16,21 @@ from o2vis_jax.checkpoint_conversion import ConversionError, tracker_from_refere
 C, K, FFN, N, HEADS, LAYERS = 16, 4, 24, 5, 4, 2
 
 
-class _MLP(nn.Module):
-  def __init__(self):
-    super().__init__()
-    self.layers = nn.ModuleList([nn.Linear(C, C) for _ in range(3)])
-
-  def forward(self, x):
-    for i, layer in enumerate(self.layers):
-      x = layer(x) if i == 2 else torch.relu(layer(x))
-    return x
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "torch_references.npz")
 
 
-class _Attention(nn.Module):
-  def __init__(self, attribute):
-    super().__init__()
-    setattr(self, attribute, nn.MultiheadAttention(C, HEADS, batch_first=True))
-    self.attribute = attribute
-    self.norm = nn.LayerNorm(C)
-
-  def forward(self, identity, query, kv):
-    return self.norm(identity + getattr(self, self.attribute)(query, kv, kv, need_weights=False)[0])
-
-
-class _FFN(nn.Module):
-  def __init__(self):
-    super().__init__()
-    self.linear1, self.linear2, self.norm = nn.Linear(C, FFN), nn.Linear(FFN, C), nn.LayerNorm(C)
-
-  def forward(self, x):
-    return self.norm(x + self.linear2(torch.relu(self.linear1(x))))
-
-
-class _TorchTracker(nn.Module):
-  """The reference parameter layout (state_dict keys as in a LOMM checkpoint's `tracker.*`)."""
-
-  def __init__(self):
-    super().__init__()
-    for x in ("E", "A"):
-      setattr(self, f"transformer_cross_attention_layers_{x}",
-              nn.ModuleList([_Attention("multihead_attn") for _ in range(LAYERS)]))
-      setattr(self, f"transformer_self_attention_layers_{x}",
-              nn.ModuleList([_Attention("self_attn") for _ in range(LAYERS)]))
-      setattr(self, f"transformer_ffn_layers_{x}", nn.ModuleList([_FFN() for _ in range(LAYERS)]))
-    self.ref_proj, self.mask_embed = _MLP(), _MLP()
-    self.decoder_norm, self.class_embed = nn.LayerNorm(C), nn.Linear(C, K + 1)
-
-  def stack(self, x, kv, anchor=None):
-    identity, source, query = torch.zeros(()), kv, None if anchor is None else self.ref_proj(anchor)
-    for j in range(LAYERS):
-      q = self.ref_proj(source) if anchor is None else query
-      out = getattr(self, f"transformer_cross_attention_layers_{x}")[j](identity, q, kv)
-      out = getattr(self, f"transformer_self_attention_layers_{x}")[j](out, out, out)
-      identity = source = getattr(self, f"transformer_ffn_layers_{x}")[j](out)
-    return identity
-
-
-@pytest.fixture(scope="module")
-def torch_tracker():
-  torch.manual_seed(0)
-  module = _TorchTracker().double()
-  with torch.no_grad():  # non-trivial biases and norms (PyTorch initialises them to 0 / 1).
-    for name, p in module.named_parameters():
-      if p.dim() == 1:
-        p.add_(0.2 * torch.randn_like(p))
-  return module
-
-
-def test_converted_forward_equals_torch(torch_tracker):
-  state_dict = {"tracker." + k: v for k, v in torch_tracker.state_dict().items()}
-  state_dict["sem_seg_head.predictor.class_embed.weight"] = torch.zeros(3, 3)  # not the tracker's: ignored
+def test_converted_forward_equals_torch():
+  """The PyTorch tracker of scripts/make_torch_fixtures.py (the reference's parameter names, fused
+  `nn.MultiheadAttention` projections, float64): its state dict converted, our forward vs its outputs."""
+  fixture = np.load(FIXTURE)
+  prefix = "tracker/state_dict/"
+  state_dict = {"tracker." + k[len(prefix):]: fixture[k] for k in fixture.files if k.startswith(prefix)}
+  state_dict["sem_seg_head.predictor.class_embed.weight"] = np.zeros((3, 3))  # not the tracker's: ignored
   config, params = tracker_from_reference(state_dict, HEADS)
   assert (config.model.hidden_dim, config.model.num_classes) == (C, K)
   assert (config.tracker.num_layers, config.tracker.ffn_dim, config.tracker.num_heads) == (LAYERS, FFN, HEADS)
-  rng = np.random.default_rng(0)
-  kv, anchor = rng.normal(size=(N, C)), rng.normal(size=(N, C))
-  with torch.no_grad():
-    tk, ta = torch.from_numpy(kv), torch.from_numpy(anchor)
-    want_e = torch_tracker.stack("E", tk).numpy()
-    want_a = torch_tracker.stack("A", tk, ta).numpy()
-    want_logits = torch_tracker.class_embed(torch_tracker.decoder_norm(torch.from_numpy(want_a))).numpy()
+  kv, anchor = fixture["tracker/kv"], fixture["tracker/anchor"]
+  want_e, want_a, want_logits = fixture["tracker/self_E"], fixture["tracker/anchor_A"], fixture["tracker/logits"]
   with jax.enable_x64(True):
     bound = association.get("o2vis").module(config, hidden_dim=C, num_classes=K).bind({"params": params})
     got_e = np.asarray(bound.run_stack("E", kv)[-1])
@@ -103,7 +40,7 @@ def test_converted_forward_equals_torch(torch_tracker):
   np.testing.assert_allclose(got_a, want_a, rtol=0, atol=1e-10)
   np.testing.assert_allclose(got_logits, want_logits, rtol=0, atol=1e-10)
   # The NumPy reference of the other tests reads the same state dict and agrees.
-  sd = {k: v.numpy() for k, v in torch_tracker.state_dict().items()}
+  sd = {k[len("tracker."):]: v for k, v in state_dict.items() if k.startswith("tracker.")}
   np.testing.assert_allclose(ref.self_ref(sd, "E", kv, LAYERS, HEADS)[-1], want_e, rtol=0, atol=1e-10)
 
 
