@@ -7,15 +7,19 @@
   * an input error (`InputError` and the library's input errors: a bad checkpoint, config, video,
     annotation or results file) prints one line `error: ...` naming the file or field, exit 2; its
     traceback only with `-v 1` (absl's verbosity flag) or more;
-  * Ctrl-C outside training prints `interrupted` and exits 130 (training handles it itself: it saves
-    and stops, see `o2vis_jax.train`).
-- `check_output_file` / `check_output_dir`: validate where results will go before the expensive work.
+  * Ctrl-C prints `interrupted` and exits 130 (training handles it itself: it saves, stops and raises
+    a KeyboardInterrupt whose message, printed instead, says where it saved; see `o2vis_jax.train`);
+  * a misspelt config override (`--config.trian.x=1`) is one line naming the field and the nearest one.
+- `check_input_file`, `check_output_file` / `check_output_dir`: validate what is read and where results
+  will go before the expensive work.
 """
 
+import ast
 import os
+import re
 import sys
 import traceback
-from typing import Callable, Iterable, Tuple, Type
+from typing import Callable, Iterable, Optional, Tuple, Type
 
 from absl import app
 from absl import flags
@@ -66,6 +70,29 @@ def _fail(message: str, show_help_hint: bool = True, code: int = 2):
   sys.exit(code)
 
 
+def _config_override_error(error: Exception, argv) -> Optional[str]:
+  """`--config.trian.x=1`: ml_collections raises a KeyError (AttributeError for a leaf) whose text is
+  "'trian'\nDid you mean \"train\" instead of \"trian\"?"; -> one line naming the flag and the field."""
+  if not isinstance(error, (KeyError, AttributeError)) or not error.args:
+    return None
+  text = str(error.args[0])
+  if text[:1] in ("'", '"'):   # an AttributeError carries the KeyError's text quoted once more
+    try:
+      text = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      pass
+  missing = str(text).splitlines()[0].strip("'\"")
+  for arg in argv[1:]:
+    name = arg.lstrip("-").partition("=")[0]
+    parts = name.split(".")
+    if len(parts) > 1 and missing in parts[1:]:
+      field = ".".join(parts[:parts.index(missing, 1) + 1])
+      guess = re.search(r'Did you mean "([^"]+)"', str(text))
+      hint = f"; did you mean {field.rsplit('.', 1)[0]}.{guess.group(1)}?" if guess else ""
+      return f"{arg}: {field} is not a config field{hint}"
+  return None
+
+
 def run(main: Callable, argv=None) -> None:
   """`absl.app.run(main)` with the behaviour of the module docstring."""
   argv = list(sys.argv if argv is None else argv)
@@ -81,7 +108,8 @@ def run(main: Callable, argv=None) -> None:
   except Exception as e:  # pylint: disable=broad-except  (a config file that fails to load)
     if _verbose():
       traceback.print_exc()
-    _fail(f"{type(e).__name__}: {e}".splitlines()[0], show_help_hint=False)
+    _fail(_config_override_error(e, argv) or f"{type(e).__name__}: {e}".splitlines()[0],
+          show_help_hint=False)
   errors = input_error_types()
 
   def checked_main(args):
@@ -89,8 +117,8 @@ def run(main: Callable, argv=None) -> None:
       return main(args)
     except app.UsageError as e:
       _fail(str(e))
-    except KeyboardInterrupt:
-      print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:   # training's TrainingInterrupted carries the line to show
+      print(str(e) or "interrupted", file=sys.stderr)
       sys.exit(130)
     except errors as e:
       if _verbose():
@@ -98,6 +126,18 @@ def run(main: Callable, argv=None) -> None:
       _fail(str(e), show_help_hint=False)
 
   app.run(checked_main, argv=argv, flags_parser=lambda _: remaining)
+
+
+def check_input_file(path: str, flag: str) -> str:
+  """`path` is an existing, readable file (not a directory)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise InputError(f"--{flag} {path!r} does not exist")
+  if os.path.isdir(path):
+    raise InputError(f"--{flag} {path!r} is a directory; give a file")
+  if not os.access(path, os.R_OK):
+    raise InputError(f"--{flag} {path!r} is not readable")
+  return path
 
 
 def check_output_file(path: str, flag: str) -> str:

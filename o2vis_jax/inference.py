@@ -22,6 +22,7 @@ the segmenter outputs it declares in `required_inputs` and runs `association.run
 
 import dataclasses
 import functools
+import json
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -131,12 +132,22 @@ def to_results(instances: Sequence[dict], video_id: int,
       inst["score"], inst["segmentations"]) for inst in instances]
 
 
+def dataset_video_name(video: dict) -> str:
+  """How a video of a YouTube-VIS / OVIS JSON is named in messages: its id and its frames' folder."""
+  folder = os.path.dirname(video["file_names"][0]) if video.get("file_names") else ""
+  return f"{video['id']} ({folder or 'no frames'})"
+
+
+def open_dataset_video(video: dict, frames_dir: str) -> video_io.FrameFiles:
+  """The frame source of one video record (its first frame read: a `VideoReadError` if it cannot be)."""
+  files = [os.path.join(frames_dir, name) for name in video["file_names"]]
+  return video_io.FrameFiles(files, name=dataset_video_name(video))
+
+
 def dataset_videos(dataset: dict, frames_dir: str) -> Iterator[Tuple[dict, video_io.FrameFiles]]:
   """(video record, frame source) for each video of a YouTube-VIS / OVIS JSON (frames opened lazily)."""
   for video in dataset["videos"]:
-    files = [os.path.join(frames_dir, name) for name in video["file_names"]]
-    folder = os.path.dirname(video["file_names"][0]) if video["file_names"] else ""
-    yield video, video_io.FrameFiles(files, name=f"{video['id']} ({folder or 'no frames'})")
+    yield video, open_dataset_video(video, frames_dir)
 
 
 def category_ids_of(dataset: dict) -> List[int]:
@@ -144,21 +155,153 @@ def category_ids_of(dataset: dict) -> List[int]:
   return [c["id"] for c in sorted(dataset["categories"], key=lambda c: c["id"])]
 
 
+class FinishedVideos:
+  """The videos of a dataset run already done, kept on disk as each one finishes.
+
+  A JSON-lines file: a header line with the run's `settings` (what must not change between a run
+  and its resumption: weights, config, max_num, ...), then one line per finished video,
+  {"video_id": ..., "results": [...]}, each written with one `write` and fsync'ed. A crash can only
+  cut the last line: reading drops a cut last line (that video is run again) and cuts it off the
+  file before anything is appended. An interrupted or failing run so keeps every finished video,
+  and `resume=True` picks them up.
+  """
+
+  HEADER_KEY = "o2vis_partial_results"
+
+  def __init__(self, path: str, settings: dict, resume: bool = False):
+    from o2vis_jax import cli  # pylint: disable=g-import-not-at-top  (InputError)
+    self.path = path
+    self.settings = json.loads(json.dumps(settings))   # as it reads back (tuples -> lists)
+    self.results: Dict[Any, List[dict]] = {}
+    self.resumed = 0          # videos found finished when the run started
+    self.dropped_line = False  # a cut last line was dropped (its video runs again)
+    if os.path.exists(path):
+      if not resume:
+        raise cli.InputError(
+            f"{path!r} holds the finished videos of an earlier run that did not complete: rerun "
+            "with --resume to continue it, or delete the file to start over")
+      self._read(cli.InputError)
+      self.resumed = len(self.results)
+    else:
+      self._append({self.HEADER_KEY: 1, "settings": self.settings})
+
+  def _read(self, error):
+    with open(self.path, "rb") as f:
+      data = f.read()
+    lines = data.split(b"\n")
+    complete = len(data) if data.endswith(b"\n") else len(data) - len(lines[-1])
+    if lines and lines[-1]:
+      self.dropped_line = True   # the write of the last line was cut: that video runs again
+    parsed = []
+    for number, line in enumerate(lines[:-1], 1):
+      try:
+        parsed.append(json.loads(line))
+      except ValueError as e:
+        raise error(f"{self.path}: line {number} is not JSON ({e}); delete the file to start "
+                    "over") from e
+    if not parsed and self.dropped_line:   # cut while its header was written: nothing finished
+      os.remove(self.path)
+      self._append({self.HEADER_KEY: 1, "settings": self.settings})
+      return
+    if not parsed or not isinstance(parsed[0], dict) or self.HEADER_KEY not in parsed[0]:
+      raise error(f"{self.path}: not a file of finished videos (no header line); delete it to "
+                  "start over")
+    before = parsed[0].get("settings", {})
+    for key in sorted(set(before) | set(self.settings)):
+      if before.get(key) != self.settings.get(key):
+        raise error(f"--resume: {self.path} was written with {key}={before.get(key)!r}, this run "
+                    f"has {key}={self.settings.get(key)!r}; rerun with the same settings, or delete "
+                    "the file to start over")
+    for number, record in enumerate(parsed[1:], 2):
+      if not isinstance(record, dict) or not {"video_id", "results"} <= set(record):
+        raise error(f"{self.path}: line {number} is not a finished video (video_id, results); "
+                    "delete the file to start over")
+      self.results[record["video_id"]] = record["results"]
+    if complete != len(data):
+      with open(self.path, "r+b") as f:
+        f.truncate(complete)
+
+  def _append(self, record: dict) -> None:
+    line = (json.dumps(record) + "\n").encode("utf-8")
+    with open(self.path, "ab") as f:
+      f.write(line)
+      f.flush()
+      os.fsync(f.fileno())
+
+  def __contains__(self, video_id) -> bool:
+    return video_id in self.results
+
+  def add(self, video_id, results: List[dict]) -> None:
+    self._append({"video_id": video_id, "results": results})
+    self.results[video_id] = results
+
+  def remove(self) -> None:
+    """Once the final results file holds every video: the record is no longer needed."""
+    if os.path.exists(self.path):
+      os.remove(self.path)
+
+
+class DatasetResults(list):
+  """The results of every finished video, in the dataset's order (a list, as before), with what the
+  run did: `run` videos run now, `resumed` finished before, `skipped` [(video name, reason)]."""
+
+  def __init__(self, results=(), run: int = 0, resumed: int = 0, skipped=()):
+    super().__init__(results)
+    self.run, self.resumed, self.skipped = run, resumed, list(skipped)
+
+
 def predict_dataset(predictor: "VideoPredictor", dataset: dict, frames_dir: str,
-                    max_num: Optional[int] = None, progress: bool = False) -> List[dict]:
-  """YouTube-VIS results of every video of a split (`dataset`: its parsed JSON)."""
+                    max_num: Optional[int] = None, progress: bool = False,
+                    finished: Optional[FinishedVideos] = None, skip_unreadable: bool = False,
+                    on_video: Optional[Callable] = None) -> DatasetResults:
+  """YouTube-VIS results of every video of a split (`dataset`: its parsed JSON).
+
+  finished: where each video's results go as soon as it is done (and where the videos of an
+    interrupted run are found and not run again).
+  skip_unreadable: a video whose frames cannot be read (a corrupt or missing frame file, fewer
+    frames than the JSON lists) is left out and listed in the result's `skipped`; otherwise its
+    `VideoReadError` (naming the video, the frame and the file) ends the run, the videos finished
+    before it kept in `finished`.
+  on_video(video, source, prediction, instances): called for each video run, before it counts as
+    finished (e.g. writing its masks and overlay: an interruption there runs the video again).
+  """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   category_ids = category_ids_of(dataset)
-  results = []
-  for video, source in tqdm(dataset_videos(dataset, frames_dir), total=len(dataset["videos"]),
-                            desc="videos", disable=not progress):
-    prediction = predictor.predict_video(source)
-    if prediction.num_frames != len(video["file_names"]):
-      raise video_io.VideoReadError(f"video {source.name}: read {prediction.num_frames} frames, the "
-                                    f"JSON lists {len(video['file_names'])}")
-    results.extend(to_results(prediction.instances(max_num or predictor.max_num), video["id"],
-                              category_ids))
-  return results
+  max_num = max_num or predictor.max_num
+  results: Dict[Any, List[dict]] = {}
+  run, skipped = 0, []
+  todo = [video for video in dataset["videos"] if finished is None or video["id"] not in finished]
+  bar = tqdm(total=len(dataset["videos"]), initial=len(dataset["videos"]) - len(todo),
+             desc="videos", disable=not progress)
+  with bar:
+    for video in todo:
+      try:
+        source = open_dataset_video(video, frames_dir)
+        with tqdm(total=len(source), desc=f"video {source.name}", unit="frame", leave=False,
+                  disable=not progress) as frames_bar:
+          prediction = predictor.predict_video(source, progress=frames_bar.update)
+        if prediction.num_frames != len(video["file_names"]):
+          raise video_io.VideoReadError(f"video {source.name}: read {prediction.num_frames} frames, "
+                                        f"the JSON lists {len(video['file_names'])}")
+      except video_io.VideoReadError as e:
+        if not skip_unreadable:
+          raise
+        skipped.append((dataset_video_name(video), str(e)))
+        bar.update(1)
+        continue
+      instances = prediction.instances(max_num)
+      if on_video is not None:
+        on_video(video, source, prediction, instances)
+      results[video["id"]] = to_results(instances, video["id"], category_ids)
+      if finished is not None:
+        finished.add(video["id"], results[video["id"]])
+      run += 1
+      bar.update(1)
+  if finished is not None:   # it holds this run's videos too
+    results = finished.results
+  ordered = [r for video in dataset["videos"] for r in results.get(video["id"], [])]
+  return DatasetResults(ordered, run=run, resumed=finished.resumed if finished else 0,
+                        skipped=skipped)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,32 +43,45 @@ def heads_from_segmenter(tracker: Dict[str, Any], segmenter: Dict[str, Any]) -> 
   return tracker
 
 
-def load_init_params(path: str) -> Dict[str, Any]:
+def load_init_params(path: str, config: Optional[ml_collections.ConfigDict] = None,
+                     parts: Tuple[str, ...] = ("segmenter",)) -> Dict[str, Any]:
   """Params to start from: a converted checkpoint dir (scripts/convert_checkpoint.py, or the export of
-  a training run) -> {'segmenter': ..., 'tracker': ...?}."""
-  from o2vis_jax.checkpoint_conversion import load_converted
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"init checkpoint {path!r} is not a directory (expected the output of "
-                            "scripts/convert_checkpoint.py or the export/ of a training run)")
-  _, params = load_converted(path)
+  a training run) -> {'segmenter': ..., 'tracker': ...?}, read by the one checkpoint reader
+  (`checkpoint_conversion.load_converted`). With `config` (the run's), the params of `parts` must also
+  have the shapes it implies: a checkpoint of another model fails here, naming the parameter, instead
+  of inside the first compiled step."""
+  from o2vis_jax.checkpoint_conversion.io import CheckpointError, load_converted
+  try:
+    _, params = load_converted(path, check_against=config, check_parts=parts)
+  except CheckpointError as e:
+    raise CheckpointError(f"config.init_checkpoint: {e}") from e
   return params
+
+
+def check_data_dir(config: ml_collections.ConfigDict, workdir: Optional[str]) -> None:
+  """What `resolve_data_dir` needs, checked without generating anything (scripts/train.py calls it
+  before the run starts)."""
+  from o2vis_jax.config_validation import ConfigError
+  data = config.data
+  if data.data_dir:
+    if not os.path.isdir(data.data_dir):
+      raise ConfigError(f"config.data.data_dir={data.data_dir!r} is not a directory (build the "
+                        "dataset first: python -m data.build --help)")
+  elif data.dataset != "synthetic":
+    raise ConfigError(f"config.data.data_dir is empty: set it to the built {data.dataset} dataset "
+                      "(python -m data.build --help); only the synthetic dataset is generated on demand")
+  elif not workdir:
+    raise ConfigError("config.data.data_dir is empty and the synthetic dataset is generated into the "
+                      "workdir, but none was given")
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict, workdir: Optional[str]) -> str:
   """`config.data.data_dir`; for the synthetic dataset with no data_dir, generates and builds it (once)
   under WORKDIR/synthetic_data, so that `configs/synthetic_tiny.py` needs nothing but --workdir."""
   from o2vis_jax import input_pipeline
-  data = config.data
-  if data.data_dir:
-    if not os.path.isdir(data.data_dir):
-      raise FileNotFoundError(f"config.data.data_dir={data.data_dir!r} is not a directory (build the "
-                              "dataset first: python -m data.build --help)")
-    return data.data_dir
-  if data.dataset != "synthetic":
-    raise ValueError(f"config.data.data_dir is empty: set it to the built {data.dataset} dataset "
-                     "(python -m data.build --help); only the synthetic dataset is generated on demand")
-  if not workdir:
-    raise ValueError("the synthetic dataset is generated into the workdir, but none was given")
+  check_data_dir(config, workdir)
+  if config.data.data_dir:
+    return config.data.data_dir
   return input_pipeline.prepare_synthetic(config, os.path.join(workdir, "synthetic_data"))
 
 
@@ -134,7 +147,8 @@ class TrackingTask(_Task):
     seg_rng, tracker_rng = jax.random.split(rng)
     init = self.config.get("init_checkpoint", "")
     if init:
-      loaded = load_init_params(init)
+      loaded = load_init_params(init, self.config, ("segmenter", "tracker")
+                                if self.config.get("init_tracker", False) else ("segmenter",))
       segmenter = loaded["segmenter"]
       tracker = loaded.get("tracker") if self.config.get("init_tracker", False) else None
       logging.info("segmenter from %s%s", init, "" if tracker is None else " (and tracker)")
@@ -175,7 +189,8 @@ class SegmenterTask(_Task):
 
   def init_params(self, rng):
     init = self.config.get("init_checkpoint", "")
-    params = load_init_params(init)["segmenter"] if init else init_segmenter_params(self.config, rng)
+    params = (load_init_params(init, self.config)["segmenter"] if init
+              else init_segmenter_params(self.config, rng))
     return params, {}
 
   def loss(self, trainable, frozen, batch, rngs, step, phase):

@@ -7,10 +7,25 @@ One program for one CPU, 8 GPUs or a TPU pod slice (SPEC 5):
 - each example gets its own PRNG key, derived from (seed, step, global example index), so the loss of a
   global batch does not depend on how many devices share it;
 - an orbax `CheckpointManager` keeps params, optimiser state, step, RNG and the grain iterator state,
-  every `config.checkpoint_every_steps`, at the end, and when the process receives SIGTERM; a restart
-  resumes from the latest checkpoint and continues exactly;
+  every `config.checkpoint_every_steps` and at the end; a restart resumes from the latest checkpoint,
+  says so in one line ("Resumed from step N (WORKDIR/checkpoints)") and continues exactly;
 - metrics go to `WORKDIR/metrics.jsonl` (one JSON object per logged step) and TensorBoard;
 - a non-finite loss stops training with an error naming the step, without saving that state.
+
+Stopping (Ctrl-C = SIGINT, or SIGTERM from a cluster's pre-emption): `run_training` and
+`train_and_evaluate` handle both signals for their whole duration (data preparation, initialisation,
+restore, compilation, every stage of 'segmenter+tracker'), in the main thread. The first signal prints a
+line on stderr and asks training to stop at the next step boundary: the state after that step is saved
+(the usual checkpoint), and `TrainingInterrupted` is raised. A signal before the first step stops the run
+at the first check (after the data iterator is built, after a restore, after the first batch is read,
+before the first compilation) with nothing new to save: a fresh run leaves no checkpoint, a resumed
+one keeps its latest. `run_training` neither exports nor starts the next stage once stopped. A second
+signal ends the process at once without saving (the OS default action is restored by the first), so a
+kill during a save is as safe as any kill: the latest complete checkpoint is what a restart resumes from.
+`TrainingInterrupted` is a `KeyboardInterrupt` (no `except Exception` swallows it) whose message is the
+line to show the user, e.g. "interrupted by SIGINT at step 12; checkpoint saved in WORKDIR/checkpoints;
+run the same command to resume"; scripts exit with 130 on it (`o2vis_jax.cli.run`). Several processes
+agree on the stop at every step boundary, so all of them save the same step.
 
 What is trained is a `Task` (see `o2vis_jax/tasks.py`): it owns the model, the loss and the data, and
 declares its training phases (static strings; one compiled step per phase).
@@ -19,6 +34,7 @@ declares its training phases (static strings; one compiled step per phase).
 'segmenter'), or the staged 'segmenter+tracker' run from scratch, and the export of the result.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -124,28 +140,106 @@ def _global_batch(local_batch: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, j
           for k, v in local_batch.items()}
 
 
-class _SigtermFlag:
-  """Set by SIGTERM; the loop then checkpoints and returns (pre-emption on clusters)."""
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """SIGINT or SIGTERM stopped training (see the module docstring); `str(e)` is the line for the user.
+
+  A KeyboardInterrupt so that `except Exception` does not swallow it and a command line that reports
+  Ctrl-C as "interrupted" (exit 130) reports this too.
+  """
+
+  def __init__(self, message: str, signal_name: str, step: int, checkpoint_dir: str):
+    super().__init__(message)
+    self.signal_name = signal_name
+    self.step = step                      # the step training can resume from (0: nothing saved).
+    self.checkpoint_dir = checkpoint_dir
+
+
+def _interrupted(signal_name: str, step: Optional[int], checkpoint_dir: str) -> TrainingInterrupted:
+  """`step`: the latest checkpoint's (None: none yet)."""
+  if step is None:
+    message = (f"interrupted by {signal_name} before the first step; nothing saved in {checkpoint_dir}; "
+               "run the same command to start again")
+  else:
+    message = (f"interrupted by {signal_name} at step {step}; checkpoint saved in {checkpoint_dir}; "
+               "run the same command to resume")
+  return TrainingInterrupted(message, signal_name, step or 0, checkpoint_dir)
+
+
+class _StopSignals:
+  """SIGINT and SIGTERM set `received` (the signal's name); training polls it at step boundaries.
+
+  A real `signal.signal` handler, so that Ctrl-C never becomes a KeyboardInterrupt raised wherever the
+  main thread happens to be: inside JAX's GC callback Python only prints "Exception ignored" and training
+  went on. The first signal restores the OS default action of both, so that a second one ends the
+  process at once, even in the middle of a long compilation where no Python handler could run.
+  """
 
   def __init__(self):
-    self.received = False
-    self._previous = None
+    self.received: Optional[str] = None
+    self._previous = {}
 
-  def __enter__(self):
+  def install(self) -> bool:
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, training still works.
-      self._previous = None
-    return self
+      for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:   # started ignoring it (`nohup`, `&`): keep so.
+          self._previous[signum] = signal.signal(signum, self._handle)
+    except ValueError:  # not the main thread: no handler (Python's rule), training still works.
+      self.uninstall()
+      return False
+    return True
+
+  def uninstall(self):
+    for signum, previous in self._previous.items():
+      signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+    self._previous = {}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: checkpointing and stopping.")
-    self.received = True
+    del frame
+    for handled in self._previous:
+      signal.signal(handled, signal.SIG_DFL)
+    name = signal.Signals(signum).name
+    self.received = self.received or name
+    again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {name} again"
+    # os.write, not print: a handler may run in the middle of a write to sys.stderr (the progress bar).
+    os.write(2, f"\n{name} received: stopping at the next step boundary, with a checkpoint if a step has "
+                f"run; {again} to stop at once without saving.\n".encode())
 
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+
+_active_stop: Optional[_StopSignals] = None
+
+
+@contextlib.contextmanager
+def _stop_signals():
+  """The handlers of `_StopSignals` for the duration; nested uses (a stage of `run_training`) share the
+  outer one, so that a signal in one stage is still seen after it."""
+  global _active_stop
+  if _active_stop is not None:
+    yield _active_stop
+    return
+  stop = _StopSignals()
+  if not stop.install():
+    yield stop
+    return
+  _active_stop = stop
+  try:
+    yield stop
+  finally:
+    _active_stop = None
+    stop.uninstall()
+
+
+def _stop_requested(stop: _StopSignals) -> Optional[str]:
+  """The signal that asked to stop, agreed by every process: all must save the same step (orbax saves
+  collectively), though a cluster's SIGTERM reaches the hosts at different steps."""
+  if jax.process_count() == 1:
+    return stop.received
+  from jax.experimental import multihost_utils
+  code = int(signal.Signals[stop.received]) if stop.received else 0
+  code = int(np.max(multihost_utils.process_allgather(np.int32(code))))
+  return signal.Signals(code).name if code else None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -183,11 +277,14 @@ class _MetricWriter:
         self._tb.close()
 
 
+def _checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
 def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=int(config.get("max_checkpoints_to_keep", 3)),
                                          create=True, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  return ocp.CheckpointManager(_checkpoint_dir(workdir), options=options)
 
 
 def _data_state_path(workdir: str, step: int) -> str:
@@ -227,7 +324,9 @@ def _restore(manager: ocp.CheckpointManager, workdir: str, state: TrainState, da
   except Exception as e:  # orbax raises several types for a damaged or mismatched checkpoint.
     raise RuntimeError(f"could not restore checkpoint step {step} from {manager.directory}: {e}") from e
   data_iterator.set_state(data_state)
-  logging.info("Resumed from step %d.", step)
+  # A warning, so that it shows without absl's verbosity: resuming an old workdir may be a surprise.
+  (logging.warning if jax.process_index() == 0 else logging.info)(
+      "Resumed from step %d (%s)", step, manager.directory)
   return restored.state
 
 
@@ -244,7 +343,15 @@ def initial_state(task: Task, config: ml_collections.ConfigDict
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Task,
                        progress: bool = True) -> TrainState:
-  """Trains `task` to `config.num_train_steps`, resuming from `workdir` if it holds a checkpoint."""
+  """Trains `task` to `config.num_train_steps`, resuming from `workdir` if it holds a checkpoint.
+
+  Raises `TrainingInterrupted` when SIGINT or SIGTERM stopped it (see the module docstring).
+  """
+  with _stop_signals() as stop:
+    return _train_and_evaluate(config, workdir, task, progress, stop)
+
+
+def _train_and_evaluate(config, workdir, task, progress, stop: _StopSignals) -> TrainState:
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh()
   num_devices = mesh.devices.size
@@ -259,63 +366,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  state, frozen, tx = initial_state(task, config)
-  replicated = NamedSharding(mesh, P())
-  frozen = jax.device_put(frozen, replicated)
-  data_iterator = task.train_iterator(config.seed)
-
   manager = _checkpoint_manager(workdir, config)
-  if manager.latest_step() is not None:
-    state = _restore(manager, workdir, state, data_iterator)
-  state = jax.device_put(state, replicated)
-  schedule = optimizer_lib.learning_rate_schedule(config.train)
-  train_steps = {}
+  writer = bar = None
 
-  def train_step_for(step):
-    phase = task.phase(step)
-    if phase not in train_steps:
-      train_steps[phase] = make_train_step(task, tx, mesh, config.batch_size, schedule, phase)
-    return train_steps[phase]
+  def stop_if_requested():
+    """Before a step has run there is nothing new to save: stop with the checkpoints as they are."""
+    signal_name = _stop_requested(stop)
+    if signal_name:
+      raise _interrupted(signal_name, manager.latest_step(), _checkpoint_dir(workdir))
 
-  writer = _MetricWriter(workdir, enabled=is_main)
-  start_step = int(jax.device_get(state.step))
-  total = int(config.num_train_steps)
-  bar = None
-  if progress and is_main:
-    from tqdm import tqdm
-    bar = tqdm(total=total, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
   try:
-    with _SigtermFlag() as sigterm:
-      step = start_step
-      window_start, window_steps = time.time(), 0
-      while step < total:
-        local_batch = next(data_iterator)
-        new_state, metrics = train_step_for(step)(state, frozen, _global_batch(local_batch, mesh))
-        loss = float(jax.device_get(metrics["loss"]))
-        if not np.isfinite(loss):
-          raise NonFiniteLossError(
-              f"non-finite loss {loss} at step {step + 1}; stopped without saving this state. "
-              f"The last good checkpoint (step {manager.latest_step()}) is kept in {workdir}/checkpoints.")
-        state, step = new_state, step + 1
-        window_steps += 1
-        if bar is not None:
-          bar.update(1)
-          bar.set_postfix(loss=f"{loss:.4f}")
-        if step % config.log_every_steps == 0 or step == total:
-          host_metrics = jax.device_get(metrics)
-          elapsed = time.time() - window_start
-          host_metrics["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
-          writer.write(step, host_metrics)
-          window_start, window_steps = time.time(), 0
-        if step % config.checkpoint_every_steps == 0 or step == total or sigterm.received:
-          _save(manager, workdir, state, data_iterator)
-        if sigterm.received:
-          logging.warning("Stopped by SIGTERM at step %d (checkpoint saved).", step)
-          break
+    stop_if_requested()   # a signal between the stages of run_training.
+    state, frozen, tx = initial_state(task, config)
+    replicated = NamedSharding(mesh, P())
+    frozen = jax.device_put(frozen, replicated)
+    data_iterator = task.train_iterator(config.seed)   # may generate the synthetic data set first.
+    stop_if_requested()
+    if manager.latest_step() is not None:
+      state = _restore(manager, workdir, state, data_iterator)
+    state = jax.device_put(state, replicated)
+    stop_if_requested()
+    schedule = optimizer_lib.learning_rate_schedule(config.train)
+    train_steps = {}
+
+    def train_step_for(step):
+      phase = task.phase(step)
+      if phase not in train_steps:
+        train_steps[phase] = make_train_step(task, tx, mesh, config.batch_size, schedule, phase)
+      return train_steps[phase]
+
+    writer = _MetricWriter(workdir, enabled=is_main)
+    start_step = int(jax.device_get(state.step))
+    total = int(config.num_train_steps)
+    if progress and is_main:
+      from tqdm import tqdm
+      bar = tqdm(total=total, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    step = start_step
+    window_start, window_steps = time.time(), 0
+    while step < total:
+      local_batch = next(data_iterator)
+      if step == start_step:
+        stop_if_requested()   # before the first compilation; the batch just read was never saved.
+      new_state, metrics = train_step_for(step)(state, frozen, _global_batch(local_batch, mesh))
+      loss = float(jax.device_get(metrics["loss"]))
+      if not np.isfinite(loss):
+        raise NonFiniteLossError(
+            f"non-finite loss {loss} at step {step + 1}; stopped without saving this state. "
+            f"The last good checkpoint (step {manager.latest_step()}) is kept in {workdir}/checkpoints.")
+      state, step = new_state, step + 1
+      window_steps += 1
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+      if step % config.log_every_steps == 0 or step == total:
+        host_metrics = jax.device_get(metrics)
+        elapsed = time.time() - window_start
+        host_metrics["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+        writer.write(step, host_metrics)
+        window_start, window_steps = time.time(), 0
+      signal_name = _stop_requested(stop)
+      if step % config.checkpoint_every_steps == 0 or step == total or signal_name:
+        _save(manager, workdir, state, data_iterator)
+      if signal_name:
+        raise _interrupted(signal_name, step, _checkpoint_dir(workdir))
   finally:
     if bar is not None:
       bar.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     manager.close()
   return state
 
@@ -354,28 +472,46 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, progress: bool
   'segmenter' / 'tracker': one stage. 'segmenter+tracker' (training from scratch, SPEC 6 then 5): the
   segmenter for `train.segmenter_steps` in WORKDIR/segmenter (exported to WORKDIR/segmenter/export), then
   the association method (`config.association.method`) on it for `num_train_steps` in WORKDIR/tracker.
-  Each stage resumes from its checkpoints.
+  Each stage resumes from its checkpoints. SIGINT / SIGTERM at any point raise `TrainingInterrupted`
+  (module docstring) before the next export or stage. The config is validated first
+  (`config_validation.validate`), so a wrong value fails before any data is generated or step is run.
   """
+  from o2vis_jax import config_validation
+  config_validation.validate(config, training=True)
+  with _stop_signals() as stop:
+    return _run_training(config, workdir, progress, stop)
+
+
+def _run_training(config, workdir, progress, stop: _StopSignals) -> str:
   from o2vis_jax import tasks  # tasks.py imports DATA_AXIS from here.
+
+  def stage(stage_config, stage_workdir, task) -> TrainState:
+    state = train_and_evaluate(stage_config, stage_workdir, task, progress=progress)
+    signal_name = _stop_requested(stop)
+    if signal_name:   # came after the last step's boundary: the stage is complete, but stop as asked.
+      raise _interrupted(signal_name, int(jax.device_get(state.step)) or None,
+                         _checkpoint_dir(stage_workdir))
+    return state
+
   task_name = config.train.task
   if task_name == "segmenter+tracker":
     t = config.train
     seg_config = _stage_config(config, "segmenter", num_train_steps=t.segmenter_steps,
                                learning_rate=t.get("segmenter_learning_rate", t.learning_rate),
                                decay_steps=t.get("segmenter_decay_steps", t.decay_steps))
-    seg_state = train_and_evaluate(seg_config, os.path.join(workdir, "segmenter"),
-                                   tasks.SegmenterTask(seg_config, workdir), progress=progress)
+    seg_state = stage(seg_config, os.path.join(workdir, "segmenter"),
+                      tasks.SegmenterTask(seg_config, workdir))
     seg_export = export(os.path.join(workdir, "segmenter", "export"), seg_config,
                         {"segmenter": seg_state.params})
     tracker_config = _stage_config(config, "tracker")
     tracker_config.init_checkpoint = seg_export
     tracker_config.init_tracker = False
-    state = train_and_evaluate(tracker_config, os.path.join(workdir, "tracker"),
-                               tasks.TrackingTask(tracker_config, workdir), progress=progress)
+    state = stage(tracker_config, os.path.join(workdir, "tracker"),
+                  tasks.TrackingTask(tracker_config, workdir))
     params = {"segmenter": tasks.load_init_params(seg_export)["segmenter"], "tracker": state.params}
     return export(os.path.join(workdir, "export"), tracker_config, params)
   task = tasks.build_task(config, workdir)
-  state = train_and_evaluate(config, workdir, task, progress=progress)
+  state = stage(config, workdir, task)
   if task_name == "segmenter":
     params = {"segmenter": state.params}
   else:

@@ -7,7 +7,8 @@ of any length needs the memory of one frame (except an animated GIF, which Pillo
   (golden-ratio hue steps, so neighbouring identities get distinct colours).
 * `overlay_frame`: masks blended on a frame, contours, optional label text.
 * `OverlayWriter`: mp4 and the like through imageio-ffmpeg (or PyAV) when installed, otherwise a
-  directory of PNG frames; `.gif` an animated GIF; a path without suffix a directory of PNG frames.
+  directory of PNG frames; `.gif` an animated GIF; a path without suffix a directory of PNG frames
+  (`overlay_target` says which, so a command line can check the path before it runs a model).
 * `write_png_masks`: per-frame indexed PNG masks (DAVIS style: 0 background, i + 1 instance i, the
   palette holding the identity colours).
 """
@@ -16,7 +17,7 @@ import colorsys
 import importlib.util
 import logging
 import os
-from typing import Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -85,8 +86,27 @@ def ffmpeg_available() -> bool:
   return any(importlib.util.find_spec(module) is not None for module in ("imageio_ffmpeg", "av"))
 
 
+def overlay_target(path: str) -> Tuple[str, str]:
+  """(kind, path) of what an overlay at `path` is written as: ('video', path) for a video suffix
+  (.mp4, ...) where imageio-ffmpeg or PyAV is installed, else ('png', '<path without suffix>_frames');
+  ('gif', path) for .gif; ('png', path), a directory of PNG frames, for a path without suffix.
+  Any other suffix (.png, .jpg, ...) is a ValueError: it is neither a video nor a directory."""
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix in VIDEO_SUFFIXES:
+    if ffmpeg_available():
+      return "video", path
+    return "png", os.path.splitext(path)[0] + "_frames"
+  if suffix == ".gif":
+    return "gif", path
+  if not suffix:
+    return "png", path
+  raise ValueError(f"overlay {path!r}: {suffix} is not an overlay format; give a video "
+                   f"({', '.join(VIDEO_SUFFIXES)}), a .gif or a directory (PNG frames)")
+
+
 class OverlayWriter:
-  """Writes frames to a video file, an animated GIF or a directory of PNGs, chosen by `path`.
+  """Writes frames to a video file, an animated GIF or a directory of PNGs, chosen by `path`
+  (`overlay_target`).
 
   A video suffix (.mp4, ...) without imageio-ffmpeg / PyAV falls back to PNG frames in
   `<path without suffix>_frames/` with a warning; `self.path` is where the output really is.
@@ -94,21 +114,16 @@ class OverlayWriter:
 
   def __init__(self, path: str, fps: float = 10.0):
     self.fps = float(fps or 10.0)
-    suffix = os.path.splitext(path)[1].lower()
+    self.kind, self.path = overlay_target(path)
     self._writer = None
     self._gif_frames: List[Image.Image] = []
     self._count = 0
-    if suffix in VIDEO_SUFFIXES and ffmpeg_available():
+    if self.kind == "video":
       import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
-      self.kind, self.path = "video", path
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       self._writer = imageio.get_writer(path, fps=self.fps, macro_block_size=1)
-    elif suffix == ".gif":
-      self.kind, self.path = "gif", path
-    else:
-      self.kind = "png"
-      self.path = path if not suffix else os.path.splitext(path)[0] + "_frames"
-      if suffix:
+    elif self.kind == "png":
+      if self.path != path:
         logging.warning("writing %s needs imageio-ffmpeg (pip install imageio-ffmpeg); writing PNG "
                         "frames to %s instead", path, self.path)
       os.makedirs(self.path, exist_ok=True)
@@ -151,11 +166,12 @@ def decode_frame_masks(instances: Sequence[dict], frame_index: int, height: int,
 
 def write_overlay(frames: Iterable[np.ndarray], instances: Sequence[dict], path: str,
                   fps: float = 10.0, labels: Optional[Sequence[Optional[str]]] = None,
-                  alpha: float = 0.5) -> str:
+                  alpha: float = 0.5, progress: Optional[Callable[[int], None]] = None) -> str:
   """Overlay video of `instances` (dicts with `segmentations` and `identity`) on `frames`.
 
   Instances are painted lowest score first, so the most confident one is on top. Returns the path
-  actually written (see `OverlayWriter`).
+  actually written (see `OverlayWriter`). `progress(1)` is called after every frame (a long video
+  takes minutes).
   """
   order = sorted(range(len(instances)), key=lambda i: instances[i].get("score", 0.0))
   ordered = [instances[i] for i in order]
@@ -165,15 +181,18 @@ def write_overlay(frames: Iterable[np.ndarray], instances: Sequence[dict], path:
     for t, frame in enumerate(frames):
       masks = decode_frame_masks(ordered, t, frame.shape[0], frame.shape[1])
       writer.write(overlay_frame(frame, masks, identities, ordered_labels, alpha))
+      if progress is not None:
+        progress(1)
   return writer.path
 
 
 def write_png_masks(directory: str, frame_names: Sequence[str], instances: Sequence[dict],
-                    height: int, width: int) -> None:
+                    height: int, width: int, progress: Optional[Callable[[int], None]] = None) -> None:
   """One indexed PNG per frame in `directory`: value i + 1 where instance i is (0 background).
 
   Where instances overlap, the higher score wins. The palette holds the identity colours, so the
-  PNGs look like the overlay when opened in an image viewer.
+  PNGs look like the overlay when opened in an image viewer. `progress(1)` is called after every
+  frame.
   """
   if len(instances) > 255:
     raise ValueError(f"{len(instances)} instances do not fit an 8-bit indexed PNG")
@@ -190,3 +209,5 @@ def write_png_masks(directory: str, frame_names: Sequence[str], instances: Seque
     image = Image.frombytes("P", (width, height), index.tobytes())
     image.putpalette(palette.reshape(-1).tolist())
     image.save(os.path.join(directory, os.path.splitext(name)[0] + ".png"))
+    if progress is not None:
+      progress(1)

@@ -12,13 +12,16 @@ model / tracker sections) and an orbax checkpoint `params/` holding {'segmenter'
 """
 
 import os
+import shutil
 import sys
 
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from o2vis_jax import checkpoint_conversion as cc  # noqa: E402
+from o2vis_jax import checkpoint_conversion as cc, cli, config_validation  # noqa: E402
+from o2vis_jax.checkpoint_conversion import io  # noqa: E402
+from o2vis_jax.defaults import data as defaults_data  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "checkpoint file (.pkl, .pth, .bin, .safetensors, .npz)")
@@ -26,20 +29,53 @@ flags.DEFINE_string("output_dir", None, "directory to write config.json and para
 flags.DEFINE_string("hf_config", None, "transformers config.json (HF layout only)")
 flags.DEFINE_enum("layout", "auto", ["auto", "hf", "detectron2"], "state dict layout")
 flags.DEFINE_integer("num_heads", 8, "attention heads of the segmenter decoder and the tracker "
-                     "(detectron2 checkpoints do not store them)")
-flags.DEFINE_string("dataset", None, "optional config.data.dataset to record (e.g. ytvis_2019)")
+                     "(detectron2 checkpoints do not store them)", lower_bound=1)
+flags.DEFINE_enum("dataset", None, list(defaults_data.DATASETS), "optional config.data.dataset to record")
 flags.mark_flags_as_required(["input", "output_dir"])
 
 
+def check_output_dir(path: str) -> str:
+  """--output_dir can take a new checkpoint: writable, and not already holding one (kept, never
+  overwritten: a converted checkpoint may be the only copy of a training export)."""
+  path = cli.check_output_dir(path, "output_dir", create=False)
+  held = [name for name in (io.CONFIG_FILE, io.PARAMS_DIR) if os.path.exists(os.path.join(path, name))]
+  if held:
+    raise cli.InputError(f"--output_dir {path!r} already holds a checkpoint ({', '.join(held)}); "
+                         "choose a new directory (the existing one is kept)")
+  return path
+
+
+def write_checkpoint(output_dir: str, config, params) -> None:
+  """`save_converted` into a staging directory, then config.json and params/ moved into `output_dir`:
+  an interrupted conversion leaves no half-written checkpoint there (only the staging directory)."""
+  staging = output_dir.rstrip("/") + ".incomplete"
+  shutil.rmtree(staging, ignore_errors=True)
+  cc.save_converted(staging, config, params)
+  os.makedirs(output_dir, exist_ok=True)
+  os.replace(os.path.join(staging, io.PARAMS_DIR), os.path.join(output_dir, io.PARAMS_DIR))
+  os.replace(os.path.join(staging, io.CONFIG_FILE), os.path.join(output_dir, io.CONFIG_FILE))
+  os.rmdir(staging)
+
+
 def main(argv):
-  del argv
-  config, params = cc.convert_file(FLAGS.input, FLAGS.layout, FLAGS.hf_config, FLAGS.num_heads)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  source = cli.check_input_file(FLAGS.input, "input")
+  hf_config = cli.check_input_file(FLAGS.hf_config, "hf_config") if FLAGS.hf_config else None
+  output_dir = check_output_dir(FLAGS.output_dir)
+  try:
+    config, params = cc.convert_file(source, FLAGS.layout, hf_config, FLAGS.num_heads)
+  except ValueError as e:   # ConversionError and the layout / HF config errors: all about --input
+    if isinstance(e, cli.input_error_types()):
+      raise
+    raise cli.InputError(f"--input {source}: {e}") from e
   if FLAGS.dataset:
     config.data.dataset = FLAGS.dataset
-  cc.save_converted(FLAGS.output_dir, config, params)
-  print(f"wrote {FLAGS.output_dir}: segmenter R{config.model.backbone.depth}, K={config.model.num_classes}, "
+  config_validation.validate(config)
+  write_checkpoint(output_dir, config, params)
+  print(f"wrote {output_dir}: segmenter R{config.model.backbone.depth}, K={config.model.num_classes}, "
         f"N={config.model.num_queries}; parts: {sorted(params)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

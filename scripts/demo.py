@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from o2vis_jax import association  # noqa: E402  (the registry: the names --methods takes)
+from o2vis_jax import association, cli  # noqa: E402  (association: the names --methods takes)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CHECKPOINT = os.path.join(_REPO, "assets", "synthetic_tiny")
@@ -43,8 +43,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", DEFAULT_CHECKPOINT, "A converted
 _TRAIN = flags.DEFINE_bool("train", False, "Train the segmenter and trackers on the spot with "
                            "configs/synthetic_tiny.py (into WORKDIR/train; about an hour on 2 cores) "
                            "instead of using --checkpoint.")
-_VIDEOS = flags.DEFINE_integer("videos", 20, "Held-out synthetic videos to evaluate on.")
-_FRAMES = flags.DEFINE_integer("frames", 24, "Frames per held-out video.")
+_VIDEOS = flags.DEFINE_integer("videos", 20, "Held-out synthetic videos to evaluate on.", lower_bound=1)
+_FRAMES = flags.DEFINE_integer("frames", 24, "Frames per held-out video.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 20000, "Seed of the held-out split (training used other seeds).")
 # name: (row label, overrides of the method's config section). The training-free rows run on the same
 # frozen segmenter without the trackers (REFERENCE.md section 11): training_free pinned to Table 3(a)
@@ -93,8 +93,8 @@ def check_weights(source: str, config, has_tracker: bool, names) -> None:
     if method.trainable and (method is not trained_for or not has_tracker):
       held = f"the tracker weights of {trained_for.name!r}" if has_tracker else "no tracker weights"
       training_free = [n for n in association.names() if not association.get(n).trainable]
-      raise ValueError(f"--methods {name}: {source} gives {held}; give the --checkpoint of a trained "
-                       f"{name!r} model, or drop it from --methods (training-free: {training_free})")
+      raise cli.InputError(f"--methods {name}: {source} gives {held}; give the --checkpoint of a trained "
+                           f"{name!r} model, or drop it from --methods (training-free: {training_free})")
 
 
 def format_table(rows):
@@ -129,16 +129,17 @@ def main(argv):
   from o2vis_jax.checkpoint_conversion import load_converted
   from o2vis_jax.evaluation import results as results_lib
 
-  workdir = os.path.abspath(_WORKDIR.value)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = cli.check_output_dir(_WORKDIR.value, "workdir")
   progress = not _NO_PROGRESS.value
   num_videos, num_frames = (3, 12) if _REDUCED.value else (_VIDEOS.value, _FRAMES.value)
 
   if _TRAIN.value:   # before the hour of training
     from configs import synthetic_tiny
-    check_weights("--train (configs/synthetic_tiny.py)", synthetic_tiny.get_config(), True, _METHODS.value)
+    from o2vis_jax import config_validation
+    train_config = config_validation.validate(synthetic_tiny.get_config(), training=True)
+    check_weights("--train (configs/synthetic_tiny.py)", train_config, True, _METHODS.value)
   checkpoint = obtain_checkpoint(workdir, progress)
-  config, params = load_converted(checkpoint)
+  config, params = load_converted(checkpoint)   # the checkpoint reader: one line naming a bad file
   check_weights(checkpoint, config, "tracker" in params, _METHODS.value)
 
   data_dir = os.path.join(workdir, "data")
@@ -191,4 +192,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -20,7 +20,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from o2vis_jax import evaluation  # noqa: E402
+from o2vis_jax import cli, evaluation  # noqa: E402
 
 _GT = flags.DEFINE_string(
     "gt", None, "Ground-truth annotation JSON (YouTube-VIS 2019/2021/2022 or OVIS layout).")
@@ -49,34 +49,65 @@ def format_table(metrics: dict) -> str:
   return f"{header}\n{values}"
 
 
+def write_atomically(path: str, write) -> None:
+  """`write(temporary path)`, then the file replaces `path`: an interrupted or failed write never
+  leaves a truncated file, and an earlier file at `path` stays until the new one is complete."""
+  partial = f"{path}.partial"
+  try:
+    write(partial)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+
+
+def check_paths():
+  """Inputs readable and outputs writable, before any scoring (which can take minutes on OVIS)."""
+  inputs = {}
+  if _GT.value is not None:
+    inputs["gt"] = cli.check_input_file(_GT.value, "gt")
+  inputs["results"] = cli.check_input_file(_RESULTS.value, "results")
+  outputs = {}
+  for flag, value in (("json_out", _JSON_OUT.value), ("zip", _ZIP.value)):
+    if value:
+      outputs[flag] = cli.check_output_file(value, flag)
+  for flag, path in outputs.items():
+    for input_flag, input_path in inputs.items():
+      if os.path.exists(path) and os.path.samefile(path, input_path):
+        raise cli.InputError(f"--{flag} {path!r} is the --{input_flag} file; give another path")
+  if len(set(outputs.values())) < len(outputs):
+    raise cli.InputError(f"--json_out and --zip are the same file {outputs['zip']!r}")
+  return inputs, outputs
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _GT.value is None and _ZIP.value is None:
     raise app.UsageError("--gt is required unless only --zip is asked")
-  try:
-    metrics = None
-    if _GT.value is not None:
-      gt, results = _GT.value, _RESULTS.value
-      if _CLASS_AGNOSTIC.value:
-        gt, results = evaluation.class_agnostic(gt, results)
-      metrics = evaluation.evaluate(gt, results)
-    results = evaluation.read_results_file(_RESULTS.value) if _ZIP.value else None
-  except evaluation.EvaluationInputError as error:
-    raise SystemExit(f"error: {error}") from None
+  inputs, outputs = check_paths()
+  metrics = None
+  if "gt" in inputs:
+    gt, results = inputs["gt"], inputs["results"]
+    if _CLASS_AGNOSTIC.value:
+      gt, results = evaluation.class_agnostic(gt, results)
+    metrics = evaluation.evaluate(gt, results)
+  results = evaluation.read_results_file(inputs["results"]) if "zip" in outputs else None
   if metrics is not None:
     print(format_table(metrics))
     per_category = metrics["per_category_AP"]
     print("per-category AP: " + ", ".join(
         f"{name} {'-' if ap == -1 else f'{100 * ap:.1f}'}" for name, ap in per_category.items()))
-    if _JSON_OUT.value:
-      with open(_JSON_OUT.value, "w") as f:
-        json.dump(metrics, f, indent=1)
+    if "json_out" in outputs:
+      def write_metrics(path):
+        with open(path, "w") as f:
+          json.dump(metrics, f, indent=1)
+      write_atomically(outputs["json_out"], write_metrics)
       print(f"wrote {_JSON_OUT.value}")
-  if _ZIP.value:
-    evaluation.write_results_zip(_ZIP.value, results)
+  if "zip" in outputs:
+    write_atomically(outputs["zip"], lambda path: evaluation.write_results_zip(path, results))
     print(f"wrote {_ZIP.value}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

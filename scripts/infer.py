@@ -1,12 +1,14 @@
 r"""Runs O2VIS on your own video or on a YouTube-VIS / OVIS split and writes the results file.
 
-  # a video file (mp4 needs `pip install imageio-ffmpeg`) or a directory of frames, any length:
+  # a video file (decoded by imageio-ffmpeg's ffmpeg) or a directory of frames, any length:
   python scripts/infer.py --checkpoint /ckpt/converted --input clip.mp4 \
       --output results.json --overlay overlay.mp4 --png_masks masks/
 
   # a dataset split (YouTube-VIS JSON + its JPEGImages folder), zipped for the evaluation server:
   python scripts/infer.py --checkpoint /ckpt/converted --dataset_json valid.json \
       --frames_dir valid/JPEGImages --output results.json --zip
+  # ... interrupted (Ctrl-C) or stopped at an unreadable video: the same command plus --resume
+  # runs only the videos not finished yet (plus --skip_unreadable to leave unreadable ones out)
 
   # smoke test without a checkpoint: a config and random weights
   python scripts/infer.py --config configs/tiny.py --input frames/ --output /tmp/r.json
@@ -14,10 +16,18 @@ r"""Runs O2VIS on your own video or on a YouTube-VIS / OVIS split and writes the
   # a training-free association (Table 3(a) rows 1-5) on a segmenter-only checkpoint
   python scripts/infer.py --checkpoint /ckpt/segmenter --method minvis --input clip.mp4
 
+Every output path and input is checked before the model is loaded: an output that is a directory
+(or a directory that is a file), an unwritable folder, a missing frame file, a truncated or corrupt
+video (one line naming the file and the frame where decoding stops; --allow_partial uses the frames
+that decode) stop the run at once, exit status 2.
+
 Frames stream through the model in fixed-size chunks (--chunk_size): one compilation per frame
 size, device memory independent of the video length. Results are YouTube-VIS results dicts
-(video_id, category_id, score, per-frame RLE). --overlay draws the top-k instances with one stable
-colour per identity (tracker slot); without imageio-ffmpeg a video path falls back to PNG frames.
+(video_id, category_id, score, per-frame RLE). With --input, --output is written as soon as the
+video is done, before the masks and the overlay. With --dataset_json, each video's results are
+appended to <output>.partial.jsonl as it finishes, so an interruption or an unreadable video keeps
+the finished ones (--resume); --output is written from all of them at the end, and the .partial.jsonl
+removed. --overlay draws the top-k instances with one stable colour per identity (tracker slot).
 """
 
 import os
@@ -31,6 +41,7 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from o2vis_jax import association  # noqa: E402  (the registry: the choices of --method)
+from o2vis_jax import cli  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Directory of a converted checkpoint (scripts/convert_checkpoint.py or a "
@@ -58,6 +69,21 @@ _OVERLAY = flags.DEFINE_string("overlay", None, "Overlay of the results on the f
                                "without imageio-ffmpeg) per video.")
 _OVERLAY_ALL_SLOTS = flags.DEFINE_bool("overlay_all_slots", False, "Draw every tracker slot with "
                                        "its best class instead of the top-k results.")
+_ALLOW_PARTIAL = flags.DEFINE_bool(
+    "allow_partial", False, "With --input: a truncated or corrupt video file (fewer frames decode "
+    "than its container announces, or a decoding error) is run on the frames that decode, and says "
+    "so in one line, instead of stopping with exit status 2.")
+_RESUME = flags.DEFINE_bool(
+    "resume", False, "With --dataset_json: continue a run that was interrupted or stopped at an "
+    "unreadable video. Its finished videos, kept in <output>.partial.jsonl, are not run again (their "
+    "number is printed); the other flags must be the same. Without --resume an existing "
+    "<output>.partial.jsonl stops the run.")
+_SKIP_UNREADABLE = flags.DEFINE_bool(
+    "skip_unreadable", False, "With --dataset_json: leave out a video whose frames cannot be read "
+    "(a missing or corrupt frame file), listing it at the end, instead of stopping at it (exit "
+    "status 2, the finished videos kept for --resume).")
+
+
 def _method_help() -> str:
   described = []
   for name in association.names():
@@ -86,136 +112,298 @@ _MAX_VIDEOS = flags.DEFINE_integer("max_videos", None, "With --dataset_json: onl
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Disable the progress bars.")
 
 
-class CommandLineError(ValueError):
-  """Flags that cannot run together; printed in one line, without the usage text."""
+def _check_flags(dataset_mode: bool) -> None:
+  """Flags that cannot run together: usage errors (one line and "see --help")."""
+  if bool(_INPUT.value) == bool(_DATASET_JSON.value):
+    raise app.UsageError("give exactly one of --input and --dataset_json")
+  if bool(_CHECKPOINT.value) == bool(_CONFIG.value):
+    raise app.UsageError("give exactly one of --checkpoint DIR and --config FILE")
+  if dataset_mode and not _FRAMES_DIR.value:
+    raise app.UsageError("--dataset_json needs --frames_dir")
+  if dataset_mode:
+    wrong_mode = dict(allow_partial=_ALLOW_PARTIAL)
+  else:
+    wrong_mode = dict(resume=_RESUME, skip_unreadable=_SKIP_UNREADABLE, max_videos=_MAX_VIDEOS,
+                      frames_dir=_FRAMES_DIR)
+  for name, flag in wrong_mode.items():
+    if flag.value:
+      raise app.UsageError(f"--{name} applies to --{'input' if dataset_mode else 'dataset_json'} only")
+  if _TRACKER_MODE.value and _METHOD.value:
+    raise app.UsageError("give --method only (--tracker_mode is its deprecated form)")
+
+
+def _partial_path(output: str) -> str:
+  return output + ".partial.jsonl"
+
+
+def _check_outputs(dataset_mode: bool) -> dict:
+  """Every output path, checked before anything runs: {'output', 'zip', 'partial'} resolved."""
+  from o2vis_jax import visualize
+  output = cli.check_output_file(_OUTPUT.value, "output")
+  paths = dict(output=output, zip=None, partial=None)
+  if _ZIP.value:
+    paths["zip"] = cli.check_output_file(os.path.splitext(output)[0] + ".zip", "zip")
+    if paths["zip"] == output:
+      raise cli.InputError(f"--zip would overwrite --output {output!r}: give --output a .json path")
+  if _PNG_MASKS.value:
+    cli.check_output_dir(_PNG_MASKS.value, "png_masks", create=False)
+  if _OVERLAY.value:
+    if dataset_mode:   # one overlay per video in it
+      cli.check_output_dir(_OVERLAY.value, "overlay", create=False)
+    else:
+      try:
+        kind, target = visualize.overlay_target(_OVERLAY.value)
+      except ValueError as e:
+        raise cli.InputError(f"--overlay: {e}") from e
+      if kind == "png":
+        cli.check_output_dir(target, "overlay", create=False)
+      else:
+        cli.check_output_file(target, "overlay")
+  if dataset_mode:
+    paths["partial"] = cli.check_output_file(_partial_path(output), "output")
+    if os.path.exists(paths["partial"]) and not _RESUME.value:
+      raise cli.InputError(f"{paths['partial']!r} holds the finished videos of an earlier run that "
+                           "did not complete: rerun with --resume to continue it, or delete the file "
+                           "to start over")
+  return paths
+
+
+def _open_video():
+  """The --input frame source; a truncated video stops here unless --allow_partial."""
+  from o2vis_jax import video_io
+  try:
+    source = video_io.open_video(_INPUT.value, allow_partial=_ALLOW_PARTIAL.value)
+  except video_io.IncompleteVideoError as e:
+    raise cli.InputError(f"{e}; pass --allow_partial to run on the {e.frames_read} frames that "
+                         "decode") from e
+  if getattr(source, "incomplete", None):
+    print(f"warning: video file {source.path!r} is truncated or corrupt: {source.incomplete}; "
+          f"running on the {len(source)} frames that decode (--allow_partial)", file=sys.stderr)
+  return source
+
+
+def _read_dataset() -> dict:
+  """The --dataset_json split, checked: its structure, and that every frame file it lists exists."""
+  import json
+  path = _DATASET_JSON.value
+  if not os.path.isdir(_FRAMES_DIR.value):
+    raise cli.InputError(f"--frames_dir {_FRAMES_DIR.value!r} is not a directory")
+  try:
+    with open(path) as f:
+      dataset = json.load(f)
+  except (OSError, ValueError) as e:
+    raise cli.InputError(f"cannot read --dataset_json {path!r}: {e}") from e
+  if (not isinstance(dataset, dict) or not isinstance(dataset.get("videos"), list)
+      or "categories" not in dataset):
+    raise cli.InputError(f"--dataset_json {path!r} is not a YouTube-VIS JSON (needs 'videos' and "
+                         "'categories')")
+  if _MAX_VIDEOS.value:
+    dataset = dict(dataset, videos=dataset["videos"][:_MAX_VIDEOS.value])
+  seen = set()
+  for index, video in enumerate(dataset["videos"]):
+    if (not isinstance(video, dict) or "id" not in video
+        or not isinstance(video.get("file_names"), list) or not video["file_names"]):
+      raise cli.InputError(f"--dataset_json {path!r}: videos[{index}] needs an 'id' and a non-empty "
+                           "'file_names' list")
+    if video["id"] in seen:
+      raise cli.InputError(f"--dataset_json {path!r}: videos[{index}] repeats video id {video['id']!r}")
+    seen.add(video["id"])
+  if not _SKIP_UNREADABLE.value:   # fail now, not after hours of the videos before it
+    from o2vis_jax import inference
+    missing = [(video, t, name) for video in dataset["videos"]
+               for t, name in enumerate(video["file_names"])
+               if not os.path.isfile(os.path.join(_FRAMES_DIR.value, name))]
+    if missing:
+      video, t, name = missing[0]
+      more = f" ({len(missing) - 1} more frame files missing)" if len(missing) > 1 else ""
+      raise cli.InputError(
+          f"--dataset_json {path!r}: video {inference.dataset_video_name(video)}: frame {t} file "
+          f"{os.path.join(_FRAMES_DIR.value, name)!r} does not exist{more}; pass --skip_unreadable "
+          "to leave such videos out")
+  return dataset
 
 
 def _load_model():
-  from o2vis_jax import inference
-  if bool(_CHECKPOINT.value) == bool(_CONFIG.value):
-    raise app.UsageError("give exactly one of --checkpoint DIR and --config FILE")
+  from o2vis_jax import config_validation, inference
   if _CHECKPOINT.value:
     from o2vis_jax import checkpoint_conversion
     if not os.path.isdir(_CHECKPOINT.value):
-      raise app.UsageError(f"--checkpoint {_CHECKPOINT.value!r} is not a directory")
+      raise cli.InputError(f"--checkpoint {_CHECKPOINT.value!r} is not a directory")
     config, params = checkpoint_conversion.load_converted(_CHECKPOINT.value)
   else:
     config = _CONFIG.value
     params = None
+  config_validation.validate(config)
   method_name = _METHOD.value
   if _TRACKER_MODE.value:
-    if method_name:
-      raise CommandLineError("give --method only (--tracker_mode is its deprecated form)")
     method_name = _LEGACY_MODES[_TRACKER_MODE.value]
     logging.warning("--tracker_mode is deprecated: use --method %s", method_name)
   if method_name:
     trained_for = association.method_of(config)
-    config = association.with_method(config, method_name)
+    config = config_validation.validate(association.with_method(config, method_name))
     method = association.method_of(config)
     if params is not None and method.trainable and "tracker" in params and method is not trained_for:
       # A trainable method's weights are its own: another method's do not fit them.
-      raise CommandLineError(f"--method {method.name}: checkpoint {_CHECKPOINT.value!r} holds the tracker "
-                             f"weights of {trained_for.name!r}; give a checkpoint of {method.name!r} or "
-                             "a training-free method")
+      raise cli.InputError(f"--method {method.name}: checkpoint {_CHECKPOINT.value!r} holds the tracker "
+                           f"weights of {trained_for.name!r}; give a checkpoint of {method.name!r} or "
+                           "a training-free method")
   if params is None:
     logging.warning("random weights (--config without --checkpoint): outputs are meaningless")
     params = inference.init_params(config, seed=_SEED.value)
   return config, params
 
 
-def _videos():
-  """(number of videos, iterator of (video_id, name, frame source), categories or None)."""
-  from o2vis_jax import inference, video_io
-  if bool(_INPUT.value) == bool(_DATASET_JSON.value):
-    raise app.UsageError("give exactly one of --input and --dataset_json")
-  if _INPUT.value:
-    source = video_io.open_video(_INPUT.value)
-    return 1, iter([(1, source.name, source)]), None
-  import json
-  if not _FRAMES_DIR.value:
-    raise app.UsageError("--dataset_json needs --frames_dir")
-  if not os.path.isdir(_FRAMES_DIR.value):
-    raise video_io.VideoReadError(f"--frames_dir {_FRAMES_DIR.value!r} is not a directory")
+def _write_atomically(path: str, write) -> None:
+  """`write(path)` through a temporary file renamed over `path`: never a half-written results file."""
+  temporary = f"{path}.tmp-{os.getpid()}"
   try:
-    with open(_DATASET_JSON.value) as f:
-      dataset = json.load(f)
-  except (OSError, ValueError) as e:
-    raise video_io.VideoReadError(f"cannot read --dataset_json {_DATASET_JSON.value!r}: {e}") from e
-  if not isinstance(dataset.get("videos"), list) or "categories" not in dataset:
-    raise video_io.VideoReadError(f"{_DATASET_JSON.value!r} is not a YouTube-VIS JSON (needs "
-                                  "'videos' and 'categories')")
-  if _MAX_VIDEOS.value:
-    dataset = dict(dataset, videos=dataset["videos"][:_MAX_VIDEOS.value])
-  videos = ((video["id"], os.path.dirname(video["file_names"][0]) or str(video["id"]), source)
-            for video, source in inference.dataset_videos(dataset, _FRAMES_DIR.value))
-  return len(dataset["videos"]), videos, sorted(dataset["categories"], key=lambda c: c["id"])
+    write(temporary)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
+def _write_results(paths: dict, results: list) -> None:
+  from o2vis_jax.evaluation import results as results_lib
+  _write_atomically(paths["output"], lambda p: results_lib.write_results(p, results))
+  if paths["zip"]:
+    _write_atomically(paths["zip"], lambda p: results_lib.write_results_zip(p, results))
+
+
+class _Extras:
+  """The per-video PNG masks and overlay, each with its own progress bar (a 3,000-frame video takes
+  minutes)."""
+
+  def __init__(self, category_ids, class_names, dataset_mode: bool):
+    self.category_ids, self.class_names = category_ids, class_names
+    self.dataset_mode = dataset_mode
+    self.show = not _NO_PROGRESS.value
+
+  def _bar(self, what: str, total: int):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=what, unit="frame", disable=not self.show,
+                leave=not self.dataset_mode)
+
+  def write(self, name: str, source, prediction, top) -> None:
+    from o2vis_jax import visualize
+    num_frames = prediction.num_frames
+    if _PNG_MASKS.value:
+      directory = os.path.join(_PNG_MASKS.value, name) if self.dataset_mode else _PNG_MASKS.value
+      with self._bar(f"png masks {name}", num_frames) as bar:
+        visualize.write_png_masks(directory, source.frame_names[:num_frames], top, source.height,
+                                  source.width, progress=bar.update)
+    if _OVERLAY.value:
+      drawn = prediction.slot_instances() if _OVERLAY_ALL_SLOTS.value else top
+      labels = []
+      for inst in drawn:
+        category = self.category_ids[inst["label"]] if self.category_ids else inst["label"] + 1
+        labels.append(f"{self.class_names.get(category, category)} #{inst['identity']} "
+                      f"{inst['score']:.2f}")
+      path = _OVERLAY.value
+      if self.dataset_mode:   # one file per video; GIF where mp4 cannot be written
+        suffix = ".mp4" if visualize.ffmpeg_available() else ".gif"
+        path = os.path.join(path, name.replace(os.sep, "_") + suffix)
+      fps = _FPS.value or getattr(source, "fps", None) or 10.0
+      with self._bar(f"overlay {name}", num_frames) as bar:
+        written = visualize.write_overlay(iter(source), drawn, path, fps=fps, labels=labels,
+                                          progress=bar.update)
+      logging.info("overlay of %s written to %s", name, written)
+
+
+def _run_video(paths: dict, source, predictor, max_num: int) -> None:
+  from tqdm import tqdm
+  from o2vis_jax import inference
+  with tqdm(total=len(source), desc=f"video {source.name}", unit="frame",
+            disable=_NO_PROGRESS.value) as bar:
+    prediction = predictor.predict_video(source, progress=bar.update)
+  top = prediction.instances(max_num)
+  results = inference.to_results(top, 1)
+  _write_results(paths, results)   # before the masks and the overlay: minutes of work kept
+  print(f"{len(results)} results for 1 video ({prediction.num_frames} frames) written to "
+        f"{paths['output']}")
+  if paths["zip"]:
+    print(f"server archive written to {paths['zip']}")
+  _Extras(None, {}, dataset_mode=False).write(source.name, source, prediction, top)
+
+
+def _run_dataset(paths: dict, dataset: dict, config, predictor, max_num: int) -> None:
+  import hashlib
+  from o2vis_jax import inference
+  categories = sorted(dataset["categories"], key=lambda c: c["id"])
+  extras = _Extras([c["id"] for c in categories],
+                   {c["id"]: c.get("name", str(c["id"])) for c in categories}, dataset_mode=True)
+  # What must not change between a run and its --resume (chunk size and --max_videos may).
+  settings = dict(dataset_json=os.path.abspath(_DATASET_JSON.value),
+                  frames_dir=os.path.abspath(_FRAMES_DIR.value),
+                  checkpoint=os.path.abspath(_CHECKPOINT.value) if _CHECKPOINT.value else None,
+                  seed=None if _CHECKPOINT.value else _SEED.value, max_num=max_num,
+                  config_sha256=hashlib.sha256(
+                      config.to_json_best_effort(sort_keys=True).encode()).hexdigest())
+  if _RESUME.value and not os.path.exists(paths["partial"]):
+    print(f"--resume: no {paths['partial']}, starting from the first video")
+  finished = inference.FinishedVideos(paths["partial"], settings, resume=_RESUME.value)
+  total = len(dataset["videos"])
+
+  def done():   # of this run's videos (a --max_videos other than the first run's may differ)
+    return sum(video["id"] in finished for video in dataset["videos"])
+  resumed = done()
+  if finished.resumed:
+    print(f"--resume: {resumed} of {total} videos finished in {paths['partial']}, not run again"
+          + (" (a cut last line dropped: that video runs again)" if finished.dropped_line else ""))
+
+  def on_video(video, source, prediction, top):
+    name = os.path.dirname(video["file_names"][0]) or str(video["id"])
+    extras.write(name, source, prediction, top)
+
+  from o2vis_jax import video_io
+  try:
+    results = inference.predict_dataset(predictor, dataset, _FRAMES_DIR.value, max_num=max_num,
+                                        progress=not _NO_PROGRESS.value, finished=finished,
+                                        skip_unreadable=_SKIP_UNREADABLE.value, on_video=on_video)
+  except video_io.VideoReadError as e:
+    raise cli.InputError(
+        f"{e}; the {done()} finished videos are kept in {paths['partial']}: fix or remove the "
+        "video, then rerun with --resume (add --skip_unreadable to leave such videos out)") from e
+  except KeyboardInterrupt as e:   # cli.run prints its message (exit 130)
+    raise KeyboardInterrupt(f"interrupted: the {done()} finished videos are kept in "
+                            f"{paths['partial']}: rerun with --resume to continue") from e
+  _write_results(paths, results)
+  finished.remove()
+  print(f"{len(results)} results for {done()} of {total} video(s) written to {paths['output']}"
+        + (f" ({resumed} from the earlier run)" if resumed else ""))
+  if paths["zip"]:
+    print(f"server archive written to {paths['zip']}")
+  if results.skipped:
+    print(f"warning: {len(results.skipped)} unreadable video(s) left out (--skip_unreadable):",
+          file=sys.stderr)
+    for name, reason in results.skipped:
+      print(f"  {name}: {reason}", file=sys.stderr)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from tqdm import tqdm
-  from o2vis_jax import inference, visualize
-  from o2vis_jax.evaluation import results as results_lib
-
-  num_videos, videos, categories = _videos()   # unreadable inputs fail here, before the model
+  dataset_mode = bool(_DATASET_JSON.value)
+  _check_flags(dataset_mode)
+  # Everything that can be wrong with the outputs and inputs shows now, before the model loads.
+  paths = _check_outputs(dataset_mode)
+  source = None if dataset_mode else _open_video()
+  dataset = _read_dataset() if dataset_mode else None
+  from o2vis_jax import inference
   config, params = _load_model()
   try:   # e.g. a trainable method on a segmenter-only checkpoint: the error names the fix
     predictor = inference.VideoPredictor.from_config(config, params, chunk_size=_CHUNK_SIZE.value)
   except ValueError as e:
-    source = f"--checkpoint {_CHECKPOINT.value}: " if _CHECKPOINT.value else ""
-    raise CommandLineError(f"{source}{e}") from e
-  category_ids = [c["id"] for c in categories] if categories else None
-  class_names = {c["id"]: c.get("name", str(c["id"])) for c in categories or []}
+    where = f"--checkpoint {_CHECKPOINT.value}: " if _CHECKPOINT.value else ""
+    raise cli.InputError(f"{where}{e}") from e
   max_num = _MAX_NUM.value or predictor.max_num
-  show = not _NO_PROGRESS.value
-  dataset_mode = bool(_DATASET_JSON.value)
-  all_results = []
-  for video_id, name, source in tqdm(videos, total=num_videos, desc="videos",
-                                     disable=not show or not dataset_mode):
-    with tqdm(total=len(source), desc=f"video {name}", unit="frame", disable=not show,
-              leave=not dataset_mode) as bar:
-      prediction = predictor.predict_video(source, progress=bar.update)
-    top = prediction.instances(max_num)
-    results = inference.to_results(top, video_id, category_ids)
-    all_results.extend(results)
-    if _PNG_MASKS.value:
-      directory = os.path.join(_PNG_MASKS.value, name) if dataset_mode else _PNG_MASKS.value
-      visualize.write_png_masks(directory, source.frame_names, top, source.height, source.width)
-    if _OVERLAY.value:
-      drawn = prediction.slot_instances() if _OVERLAY_ALL_SLOTS.value else top
-      labels = []
-      for inst in drawn:
-        category = category_ids[inst["label"]] if category_ids else inst["label"] + 1
-        labels.append(f"{class_names.get(category, category)} #{inst['identity']} "
-                      f"{inst['score']:.2f}")
-      path = _OVERLAY.value
-      if dataset_mode:   # one file per video; GIF where mp4 cannot be written
-        suffix = ".mp4" if visualize.ffmpeg_available() else ".gif"
-        path = os.path.join(path, name.replace(os.sep, "_") + suffix)
-      fps = _FPS.value or getattr(source, "fps", None) or 10.0
-      written = visualize.write_overlay(iter(source), drawn, path, fps=fps, labels=labels)
-      logging.info("overlay of %s written to %s", name, written)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  results_lib.write_results(_OUTPUT.value, all_results)
-  print(f"{len(all_results)} results for {num_videos} video(s) written to {_OUTPUT.value}")
-  if _ZIP.value:
-    zip_path = os.path.splitext(_OUTPUT.value)[0] + ".zip"
-    results_lib.write_results_zip(zip_path, all_results)
-    print(f"server archive written to {zip_path}")
+  if dataset_mode:
+    _run_dataset(paths, dataset, config, predictor, max_num)
+  else:
+    _run_video(paths, source, predictor, max_num)
   return 0
 
 
-def run():
-  try:
-    app.run(main)
-  except Exception as e:  # pylint: disable=broad-except
-    from o2vis_jax import video_io
-    if isinstance(e, (video_io.VideoReadError, CommandLineError)):
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-    raise
-
-
 if __name__ == "__main__":
-  run()
+  cli.run(main)

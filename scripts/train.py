@@ -24,6 +24,8 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from o2vis_jax import cli  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config() (configs/*.py); fields can be overridden "
     "with --config.FIELD=VALUE.", lock_config=True)
@@ -41,20 +43,29 @@ _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Disable the progress bar
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from o2vis_jax import config_validation
+  # Everything a run reads or writes is checked before the first expensive step (the segmenter stage
+  # of 'segmenter+tracker' takes hours): the whole config, the workdir, the data and init checkpoint.
+  config = config_validation.validate(_CONFIG.value, training=True)
+  workdir = cli.check_output_dir(_WORKDIR.value, "workdir", create=False)   # training creates it
   import jax
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _MULTIHOST.value:
     jax.distributed.initialize()
-  from o2vis_jax import train
-  config = _CONFIG.value
+  from o2vis_jax import tasks, train
+  tasks.check_data_dir(config, workdir)
+  if config.init_checkpoint:
+    with_tracker = config.init_tracker and config.train.task == "tracker"
+    tasks.load_init_params(config.init_checkpoint, config,
+                           ("segmenter", "tracker") if with_tracker else ("segmenter",))
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  exported = train.run_training(config, _WORKDIR.value, progress=not _NO_PROGRESS.value)
+  exported = train.run_training(config, workdir, progress=not _NO_PROGRESS.value)
   if jax.process_index() == 0:
     print(f"trained model exported to {exported}")
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

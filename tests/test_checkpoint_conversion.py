@@ -232,3 +232,136 @@ def test_configs_written_before_the_association_seam_are_upgraded(mode, method):
   assert cc.upgrade_config(config) is config       # today's layout is left alone
   with pytest.raises(ValueError, match="config.tracker.mode='nope'"):
     cc.upgrade_config(ml_collections.ConfigDict(dict(tracker=dict(mode="nope"))))
+
+
+# ------------------------------------------------------------------ the converted-checkpoint reader
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                       "synthetic_tiny")
+
+
+@pytest.fixture
+def shipped_copy(tmp_path):
+  """A writable copy of the shipped demo checkpoint (config.json + orbax params/, 5 MB)."""
+  import shutil
+  directory = tmp_path / "ckpt"
+  shutil.copytree(SHIPPED, directory)
+  return directory
+
+
+def _edit_config(directory, edit):
+  import json
+  path = directory / "config.json"
+  content = json.loads(path.read_text())
+  edit(content)
+  path.write_text(json.dumps(content, indent=1))
+
+
+def _garble(path, start=2000):
+  data = bytearray(path.read_bytes())
+  data[start:start + 100] = b"x" * 100
+  path.write_bytes(bytes(data))
+
+
+def _data_file(directory):
+  return next((directory / "params" / "d").iterdir())
+
+
+# (what breaks, how, the file the message must name (relative to the checkpoint), what it must say)
+BROKEN_CHECKPOINTS = [
+    ("no params/", lambda d: __import__("shutil").rmtree(d / "params"), "params",
+     "missing: .* is not a converted checkpoint"),
+    ("no config.json", lambda d: (d / "config.json").unlink(), "config.json", "missing"),
+    ("config.json not JSON",
+     lambda d: (d / "config.json").write_text('{\n "model": {\n  "num_queries": 10,\n }\n}'),
+     "config.json", "not valid JSON: Expecting property name enclosed in double quotes at line 4 column 2"),
+    ("config.json binary", lambda d: (d / "config.json").write_bytes(b"\xff\xfe\x00\x01"), "config.json",
+     "not valid JSON"),
+    ("config.json a list", lambda d: (d / "config.json").write_text("[1, 2]"), "config.json",
+     "expected a JSON object of config sections, got list"),
+    ("wrong type", lambda d: _edit_config(d, lambda c: c["model"].update(num_queries="ten")), "config.json",
+     r"config.model.num_queries='ten' must be an int \(got str\)"),
+    ("unknown field", lambda d: _edit_config(d, lambda c: c["model"].update(num_querys=10)), "config.json",
+     "config.model.num_querys is not a config field; did you mean config.model.num_queries?"),
+    ("bad value", lambda d: _edit_config(d, lambda c: c["tracker"].update(matcher="gpu")), "config.json",
+     r"config.tracker.matcher must be one of \('host', 'device'\), got 'gpu'"),
+    ("legacy mode",
+     lambda d: _edit_config(d, lambda c: (c.pop("association"), c["tracker"].update(mode="x"))),
+     "config.json", "config.tracker.mode='x' is not one of"),
+    ("no _METADATA", lambda d: (d / "params" / "_METADATA").unlink(), "params/_METADATA",
+     "missing: .* is not a complete orbax checkpoint"),
+    ("_METADATA not JSON", lambda d: (d / "params" / "_METADATA").write_text("{not json"), "params/_METADATA",
+     "not valid JSON: .* at line 1 column 2"),
+    ("corrupt array file", lambda d: _garble(_data_file(d)), "params/d/",
+     "corrupt or incomplete params .*DATA_LOSS"),
+    ("truncated array file", lambda d: open(_data_file(d), "r+b").truncate(100), "params/d/",
+     "corrupt or incomplete params .*OUT_OF_RANGE"),
+    ("corrupt manifest", lambda d: (d / "params" / "manifest.ocdbt").write_bytes(b"garbage"),
+     "params/manifest.ocdbt", "corrupt or incomplete params .*DATA_LOSS"),
+    ("fewer queries", lambda d: _edit_config(d, lambda c: c["model"].update(num_queries=12)), "params",
+     r"parameter segmenter/predictor/query_embed has shape \(10, 64\), its .*config.json implies \(12, 64\)"),
+    ("other tracker depth", lambda d: _edit_config(d, lambda c: c["tracker"].update(num_layers=4)), "params",
+     r"parameter tracker/transformer_cross_attention_layers_A_3/.* that its .*config.json implies is "
+     "missing"),
+]
+
+
+@pytest.mark.parametrize("what,breaks,names,says", BROKEN_CHECKPOINTS, ids=[c[0] for c in BROKEN_CHECKPOINTS])
+def test_a_broken_converted_checkpoint_is_one_line_naming_the_file(shipped_copy, what, breaks, names, says):
+  import re
+  from o2vis_jax import cli
+  from o2vis_jax.checkpoint_conversion.io import CheckpointError
+  breaks(shipped_copy)
+  with pytest.raises(CheckpointError) as error:
+    cc.load_converted(str(shipped_copy))
+  message = str(error.value)
+  assert message.startswith(str(shipped_copy / names)), (what, message)
+  assert re.search(says, message), (what, message)
+  assert "\n" not in message and "tensorstore_spec" not in message, (what, message)
+  assert isinstance(error.value, cli.input_error_types()), what     # scripts: one line, exit 2
+
+
+def test_a_missing_checkpoint_directory_is_named(tmp_path):
+  from o2vis_jax.checkpoint_conversion.io import CheckpointError
+  with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / 'nope'} does not exist"):
+    cc.load_converted(str(tmp_path / "nope"))
+
+
+def test_params_are_checked_against_the_run_config(shipped_copy):
+  """A training run's init_checkpoint must fit the run's model (`tasks.load_init_params`)."""
+  from o2vis_jax import tasks
+  from o2vis_jax.checkpoint_conversion.io import CheckpointError
+  config, params = cc.load_converted(str(shipped_copy))
+  assert sorted(params) == ["segmenter", "tracker"]
+  run = config.copy_and_resolve_references()
+  run.model.num_classes = 40
+  with pytest.raises(CheckpointError, match=r"config.init_checkpoint: .*params: parameter "
+                                            r"segmenter/predictor/class_embed/bias has shape \(6,\), the "
+                                            r"run's config implies \(41,\)"):
+    tasks.load_init_params(str(shipped_copy), run)
+  # The tracker's params are compared only when the run takes them (config.init_tracker).
+  run = config.copy_and_resolve_references()
+  run.tracker.num_layers = 2
+  assert sorted(tasks.load_init_params(str(shipped_copy), run, ("segmenter",))) == ["segmenter", "tracker"]
+  with pytest.raises(CheckpointError, match="tracker/transformer_cross_attention_layers_A_2/.* is not in "
+                                            "the model the run's config describes"):
+    tasks.load_init_params(str(shipped_copy), run, ("segmenter", "tracker"))
+
+
+def test_a_config_written_before_the_association_seam_still_loads(shipped_copy):
+  def legacy(content):
+    del content["association"], content["training_free"], content["minvis"]
+    content["tracker"]["mode"] = "trackers"
+  _edit_config(shipped_copy, legacy)
+  config, _ = cc.load_converted(str(shipped_copy))
+  assert config.association.method == "o2vis"
+
+
+@pytest.mark.parametrize("name,content", [("model_final.pkl", b"\x80\x04garbage"),
+                                          ("weights.npz", b"PK\x03\x04 not a zip"),
+                                          ("model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}")])
+def test_an_unreadable_weight_file_is_named(tmp_path, name, content):
+  from o2vis_jax.checkpoint_conversion.io import CheckpointError
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(CheckpointError, match=f"{path}: not a readable \\.{name.rsplit('.', 1)[1]} checkpoint"):
+    cc.load_state_dict(str(path))

@@ -282,7 +282,7 @@ def test_evaluate_script_prints_the_table_and_writes_fractions(tmp_path):
   process = subprocess.run(
       [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), f"--gt={gt_path}",
        f"--results={results_path}"], capture_output=True, text=True, timeout=120)
-  assert process.returncode == 1 and "Traceback" not in process.stderr
+  assert process.returncode == 2 and "Traceback" not in process.stderr
   assert f"error: results {results_path}: result 0" in process.stderr
   assert "3 segmentations, the video has 2 frames" in process.stderr
 

@@ -1,5 +1,6 @@
 """The trainer's mechanics on a small least-squares task (tests/toy_task.py): device-count invariance,
-exact resume after a kill, SIGTERM checkpointing, two processes == one, the NaN guard, and the optimiser."""
+exact resume after a kill, stopping on SIGINT / SIGTERM (checkpoint, exit 130, exact resume; before the
+first step; a second signal), two processes == one, the NaN guard, and the optimiser."""
 
 import json
 import os
@@ -141,29 +142,170 @@ def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
 
-def test_sigterm_checkpoints_and_resume_continues(tmp_path):
-  workdir = str(tmp_path)
-  proc = subprocess.Popen([sys.executable, _MAIN, workdir, "200", "--sleep", "0.2",
-                           "--checkpoint_every", "1000"], env=_subprocess_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _start(workdir, *args, log):
+  """toy_train_main.py in a subprocess, its stdout and stderr into the file `log` (polled: no pipe to
+  fill, and a line shows as soon as it is written)."""
+  with open(log, "w") as f:
+    return subprocess.Popen([sys.executable, _MAIN, workdir, *map(str, args)], env=_subprocess_env(),
+                            stdout=f, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, what, proc, log, timeout=180):
+  """Polls `condition()`; a generous timeout, since a loaded CI machine starts JAX slowly."""
+  deadline = time.time() + timeout
+  while not condition():
+    if proc.poll() is not None:
+      raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}:\n{_read(log)}")
+    if time.time() > deadline:
+      proc.kill()
+      raise AssertionError(f"no {what} after {timeout} s:\n{_read(log)}")
+    time.sleep(0.05)
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
+
+
+def _logged_a_step(workdir):
   metrics = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 120
-  while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-    time.sleep(0.2)
+  return lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
+def _saved_steps(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+
+
+def _finish(proc, log, timeout=180):
+  try:
+    proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise AssertionError(f"the run did not stop within {timeout} s:\n{_read(log)}")
+  return _read(log)
+
+
+def test_sigint_checkpoints_and_resume_equals_uninterrupted(tmp_path):
+  steps = "60"
+  full_dir, workdir = str(tmp_path / "full"), str(tmp_path / "interrupted")
+  # The run that never stops goes alongside (same single device, so the same float32 sums).
+  full = _start(full_dir, steps, "--checkpoint_every", "1000", log=str(tmp_path / "full.log"))
+  log = str(tmp_path / "interrupted.log")
+  # 0.25 s per batch: 15 s of steps, time enough to interrupt after the first on a loaded machine.
+  command = [steps, "--checkpoint_every", "1000"]
+  proc = _start(workdir, *command, "--sleep", "0.25", log=log)
+  _wait_for(_logged_a_step(workdir), "logged step", proc, log)
+  proc.send_signal(signal.SIGINT)
+  out = _finish(proc, log)
+  assert proc.returncode == 130, out
+  assert "SIGINT received" in out, out
+  saved = _saved_steps(workdir)
+  assert len(saved) == 1 and 0 < saved[0] < 60, (saved, out)
+  assert (f"interrupted by SIGINT at step {saved[0]}; checkpoint saved in "
+          f"{os.path.join(workdir, 'checkpoints')}; run the same command to resume") in out
+  assert "KeyboardInterrupt" not in out and "Exception ignored" not in out, out
+  assert max(_losses(workdir)) == saved[0]
+  # The same command (without --sleep, which only slows the data) resumes, says so, and continues exactly.
+  resumed = subprocess.run([sys.executable, _MAIN, workdir, *command], env=_subprocess_env(),
+                           capture_output=True, text=True, timeout=180)
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert f"Resumed from step {saved[0]} ({os.path.join(workdir, 'checkpoints')})" in resumed.stderr
+  assert "finished at step 60" in resumed.stdout
+  out = _finish(full, str(tmp_path / "full.log"))
+  assert full.returncode == 0, out
+  expected, got = _losses(full_dir), _losses(workdir)
+  assert sorted(got) == sorted(expected) == list(range(1, 61))
+  assert [got[s] for s in range(1, 61)] == [expected[s] for s in range(1, 61)], (expected, got)
+
+
+def test_sigterm_checkpoints_and_resume_continues(tmp_path):
+  workdir, log = str(tmp_path), str(tmp_path / "run.log")
+  proc = _start(workdir, "200", "--sleep", "0.2", "--checkpoint_every", "1000", log=log)
+  _wait_for(_logged_a_step(workdir), "logged step", proc, log)
   proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
-  saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  out = _finish(proc, log)
+  assert proc.returncode == 130, out
+  saved = _saved_steps(workdir)
   assert len(saved) == 1 and 0 < saved[0] < 200, (saved, out)
+  assert f"interrupted by SIGTERM at step {saved[0]}; checkpoint saved" in out, out
   before = _losses(workdir)
   assert max(before) == saved[0]
   # Resuming continues from the SIGTERM checkpoint to the end.
   out = subprocess.run([sys.executable, _MAIN, workdir, str(saved[0] + 2)], env=_subprocess_env(),
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=180)
   assert out.returncode == 0, out.stdout + out.stderr
   assert f"finished at step {saved[0] + 2}" in out.stdout
   after = _losses(workdir)
   assert sorted(after) == list(range(1, saved[0] + 3))
+
+
+@pytest.mark.parametrize("pause_at, signum", [("prepare", signal.SIGTERM), ("first_batch", signal.SIGINT)],
+                         ids=["SIGTERM-preparing-data", "SIGINT-reading-first-batch"])
+def test_signal_before_the_first_step_stops_without_training(tmp_path, pause_at, signum):
+  """While the data set is prepared, or the first batch read (before the first compilation), a signal
+  stops the run at the next check: no step, no checkpoint of an untrained state."""
+  workdir, log, marker = str(tmp_path / "run"), str(tmp_path / "run.log"), str(tmp_path / "paused")
+  proc = _start(workdir, "200", "--pause_at", pause_at, "--pause", "600", "--marker", marker, log=log)
+  _wait_for(lambda: os.path.exists(marker), f"pause at {pause_at}", proc, log)
+  proc.send_signal(signum)
+  name = signal.Signals(signum).name
+  _wait_for(lambda: f"{name} received" in _read(log), f"message of {name}", proc, log)
+  os.remove(marker)   # ends the pause: the run goes on to its next check.
+  out = _finish(proc, log)
+  assert proc.returncode == 130, out
+  assert f"interrupted by {name} before the first step; nothing saved in" in out, out
+  assert not os.path.exists(os.path.join(workdir, "metrics.jsonl")) or not _losses(workdir), out
+  assert _saved_steps(workdir) == [], out
+
+
+def test_second_sigint_stops_at_once(tmp_path):
+  workdir, log, marker = str(tmp_path / "run"), str(tmp_path / "run.log"), str(tmp_path / "paused")
+  # The first batch takes 10 minutes: only the second Ctrl-C can end the run soon.
+  proc = _start(workdir, "200", "--pause_at", "first_batch", "--pause", "600", "--marker", marker, log=log)
+  _wait_for(lambda: os.path.exists(marker), "pause before the first batch", proc, log)
+  proc.send_signal(signal.SIGINT)
+  _wait_for(lambda: "press Ctrl-C again" in _read(log), "message of the first SIGINT", proc, log)
+  sent = time.time()
+  proc.send_signal(signal.SIGINT)
+  out = _finish(proc, log, timeout=60)
+  # The first signal restored the OS default action: the second ends the process, as Ctrl-C would.
+  assert proc.returncode == -signal.SIGINT, out
+  assert time.time() - sent < 60
+  assert _saved_steps(workdir) == []
+
+
+def test_run_training_stops_before_the_next_stage_and_export(tmp_path, monkeypatch):
+  """A signal during the segmenter stage of 'segmenter+tracker' (here: after its last step) neither
+  exports nor starts the tracker stage, and the handlers are restored afterwards."""
+  from o2vis_jax import tasks
+  import ml_collections
+  calls = []
+
+  def fake_train_and_evaluate(config, workdir, task, progress=True):
+    del task, progress
+    calls.append((config.train.task, workdir))
+    with train._stop_signals():   # what the real one does: it shares run_training's handler.
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.1)   # Python runs the handler at its next check, within this sleep.
+    return train.TrainState(step=jnp.asarray(config.num_train_steps), params={}, opt_state=None,
+                            rng=None)
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train_and_evaluate)
+  monkeypatch.setattr(train, "export", lambda *args: calls.append("export"))
+  monkeypatch.setattr(tasks, "SegmenterTask", lambda *args: None)
+  monkeypatch.setattr(tasks, "TrackingTask", lambda *args: None)
+  config = ml_collections.ConfigDict(dict(
+      seed=0, num_train_steps=3, train=dict(task="segmenter+tracker", segmenter_steps=5,
+                                            learning_rate=0.1, decay_steps=(1,))))
+  handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  with pytest.raises(train.TrainingInterrupted, match="interrupted by SIGINT at step 5") as raised:
+    train.run_training(config, str(tmp_path), progress=False)
+  assert calls == [("segmenter", str(tmp_path / "segmenter"))]
+  assert raised.value.step == 5
+  assert raised.value.checkpoint_dir == str(tmp_path / "segmenter" / "checkpoints")
+  assert isinstance(raised.value, KeyboardInterrupt)
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 def test_two_processes_equal_one(tmp_path):

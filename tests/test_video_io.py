@@ -124,3 +124,110 @@ def test_iter_chunks_pads_the_last_chunk():
   np.testing.assert_array_equal(chunks[1].images[1, :12, :20], frames[6].astype(np.float32))
   np.testing.assert_array_equal(chunks[1].images[2:], np.broadcast_to(np.float32(pad), (3, 16, 24, 3)))
   np.testing.assert_array_equal(chunks[0].images[3, 12:], np.broadcast_to(np.float32(pad), (4, 24, 3)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Video files through ffmpeg: whole, truncated, corrupt (made here with imageio's ffmpeg writer).
+
+def _write_mp4(path, num_frames=30, faststart=False):
+  """Noise frames (big packets, so cutting the file in half loses about half of them)."""
+  import imageio.v2 as imageio
+  params = ["-movflags", "+faststart"] if faststart else []
+  writer = imageio.get_writer(str(path), fps=10, macro_block_size=1, output_params=params)
+  for frame in _frames(num_frames, 48, 64, seed=3):
+    writer.append_data(frame)
+  writer.close()
+  return str(path)
+
+
+def _cut_in_half(path, out):
+  data = open(path, "rb").read()
+  with open(out, "wb") as f:
+    f.write(data[:len(data) // 2])
+  return str(out)
+
+
+def test_mp4_reads_every_frame_with_its_size_and_rate(tmp_path):
+  for faststart in (False, True):
+    path = _write_mp4(tmp_path / f"clip{int(faststart)}.mp4", 30, faststart)
+    source = video_io.open_video(path)
+    assert (len(source), source.height, source.width, source.fps) == (30, 48, 64, 10.0)
+    assert source.incomplete is None
+    frames = list(source)
+    assert len(frames) == 30 and frames[0].shape == (48, 64, 3) and frames[0].dtype == np.uint8
+
+
+def test_faststart_mp4_cut_in_half_is_reported_with_the_frame_where_decoding_stops(tmp_path):
+  # The moov atom (index) at the front, as written for streaming: the half file still opens and
+  # decodes its first half without a complaint from imageio, the silent wrong result of the issue.
+  whole = _write_mp4(tmp_path / "whole.mp4", 30, faststart=True)
+  assert open(whole, "rb").read(64).find(b"moov") >= 0, "faststart did not move the index forward"
+  cut = _cut_in_half(whole, tmp_path / "cut.mp4")
+  with pytest.raises(video_io.IncompleteVideoError) as error:
+    video_io.open_video(cut)
+  message = str(error.value)
+  read = error.value.frames_read
+  assert 0 < read < 30
+  assert "cut.mp4" in message and f"decoding stops at frame {read}" in message, message
+  assert "announces 30" in message and "partial file" in message, message
+  assert "ffmpeg version" not in message and "\n" not in message
+  # allow_partial: the frames that decode, and why the rest is missing.
+  source = video_io.open_video(cut, allow_partial=True)
+  assert len(source) == read and len(list(source)) == read
+  assert f"frame {read}" in source.incomplete
+
+
+def test_mp4_cut_before_its_index_and_non_videos_say_what_is_wrong_without_the_banner(tmp_path):
+  cut = _cut_in_half(_write_mp4(tmp_path / "whole.mp4"), tmp_path / "cut.mp4")   # moov at the end
+  garbage = tmp_path / "notes.mp4"
+  garbage.write_bytes(b"this is not a video " * 20)
+  for path in (cut, str(garbage)):
+    with pytest.raises(video_io.VideoReadError) as error:
+      video_io.open_video(path, allow_partial=True)   # nothing to salvage: an error regardless
+    message = str(error.value)
+    assert os.path.basename(path) in message and "moov atom not found" in message, message
+    assert "truncated" in message                     # the true hint; not "pip install"
+    assert "pip install" not in message and "ffmpeg version" not in message and "\n" not in message
+
+
+def test_corrupt_packets_mid_stream_are_reported(tmp_path):
+  path = _write_mp4(tmp_path / "whole.mp4", 30, faststart=True)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2: len(data) // 2 + 3000] = b"\xff" * 3000   # inside the frames, index intact
+  (tmp_path / "corrupt.mp4").write_bytes(bytes(data))
+  with pytest.raises(video_io.IncompleteVideoError, match=r"corrupt\.mp4.*frames decode.*announces 30"):
+    video_io.open_video(str(tmp_path / "corrupt.mp4"))
+
+
+def test_first_meaningful_line_drops_the_ffmpeg_banner():
+  text = ("Could not load meta information\n=== stderr ===\n\nffmpeg version n9.0 Copyright (c) 2000\n"
+          "  built with gcc 16\n  configuration: --enable-gpl\n  libavutil      61.  1.102 / 61.  1.102\n"
+          "[in#0 @ 0x55] Format mov detected only with low score of 1, misdetection possible!\n"
+          "[in#0 @ 0x55] moov atom not found\nError opening input file x.mp4.\n")
+  assert video_io.first_meaningful_line(text) == "moov atom not found"
+
+
+def test_install_hint_only_when_no_video_backend_is_installed(tmp_path, monkeypatch):
+  garbage = tmp_path / "clip.mp4"
+  garbage.write_bytes(b"not a video")
+  monkeypatch.setattr(video_io, "ffmpeg_executable", lambda: None)   # the imageio route
+  with pytest.raises(video_io.VideoReadError) as installed:
+    video_io.open_video(str(garbage))
+  assert "pip install" not in str(installed.value)   # imageio-ffmpeg is installed here
+  real_find_spec = video_io.importlib.util.find_spec
+  monkeypatch.setattr(video_io.importlib.util, "find_spec",
+                      lambda name, *a: None if name in ("imageio_ffmpeg", "av")
+                      else real_find_spec(name, *a))
+  with pytest.raises(video_io.VideoReadError, match="pip install imageio-ffmpeg"):
+    video_io.open_video(str(garbage))
+
+
+def test_unreadable_frame_of_a_video_names_its_index_and_file(tmp_path):
+  directory = _write_dir(str(tmp_path / "clip"), _frames(4), ext="jpg")
+  good = open(os.path.join(directory, "00002.jpg"), "rb").read()
+  with open(os.path.join(directory, "00002.jpg"), "wb") as f:
+    f.write(good[:len(good) // 2])   # a truncated JPEG
+  source = video_io.open_video(directory)
+  with pytest.raises(video_io.VideoReadError,
+                     match=r"frame 2 '.*00002\.jpg' of video 'clip': .*[Tt]runcated"):
+    list(source)

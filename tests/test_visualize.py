@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 
@@ -115,3 +116,28 @@ def test_png_masks_indexed_higher_score_on_top(tmp_path):
   np.testing.assert_array_equal(palette[2], visualize.identity_colour(9))
   second = np.asarray(Image.open(tmp_path / "00001.png"))
   np.testing.assert_array_equal(second, np.where(a, 2, 0))
+
+
+def test_progress_is_reported_for_every_frame_written(tmp_path):
+  # A 3,000-frame video takes minutes to write: the command line shows a bar fed by these calls.
+  frames = 5
+  instances = [dict(identity=1, score=0.7,
+                    segmentations=[_rle(_square(8, 8, 1, 1, 3)) for _ in range(frames)])]
+  calls = []
+  visualize.write_png_masks(str(tmp_path / "png"), [f"{t:05d}.jpg" for t in range(frames)],
+                            instances, 8, 8, progress=calls.append)
+  assert calls == [1] * frames and len(os.listdir(tmp_path / "png")) == frames
+  calls.clear()
+  video = [np.zeros((8, 8, 3), np.uint8)] * frames
+  visualize.write_overlay(iter(video), instances, str(tmp_path / "overlay.gif"), progress=calls.append)
+  assert calls == [1] * frames
+
+
+def test_overlay_target_says_what_a_path_becomes(tmp_path, monkeypatch):
+  assert visualize.overlay_target("a/b.mp4") == ("video", "a/b.mp4")
+  assert visualize.overlay_target("a/b.GIF") == ("gif", "a/b.GIF")
+  assert visualize.overlay_target("a/frames") == ("png", "a/frames")
+  with pytest.raises(ValueError, match=r"b\.png.*\.png is not an overlay format"):
+    visualize.overlay_target("a/b.png")
+  monkeypatch.setattr(visualize, "ffmpeg_available", lambda: False)
+  assert visualize.overlay_target("a/b.mp4") == ("png", "a/b_frames")

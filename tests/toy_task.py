@@ -1,6 +1,7 @@
-"""A small least-squares Task for testing the trainer's mechanics (sharding, resume, SIGTERM,
+"""A small least-squares Task for testing the trainer's mechanics (sharding, resume, SIGINT / SIGTERM,
 multi-process, NaN guard) without the cost of compiling the O2VIS model."""
 
+import os
 import time
 
 import grain
@@ -32,23 +33,58 @@ class _SlicedBatches(grain.transforms.Map):
     return {k: v[self.start:self.stop] for k, v in batch.items()}
 
 
-class _Slow(grain.transforms.Map):
-  def __init__(self, seconds):
-    self.seconds = seconds
+class _SlowIterator:
+  """Sleeps in the caller's (the training loop's) thread before each batch, so that a run is slow at a
+  known point; grain's own threads would read ahead and hide a sleep in a `map`."""
 
-  def map(self, batch):
+  def __init__(self, inner, seconds, first_batch_pause=0.0, marker=None):
+    self.inner, self.seconds = inner, seconds
+    self.first_batch_pause, self.marker = first_batch_pause, marker
+    self.first = True
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.first:
+      self.first = False
+      _pause(self.first_batch_pause, self.marker)
     time.sleep(self.seconds)
-    return batch
+    return next(self.inner)
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+
+def _pause(seconds, marker):
+  """Creates `marker` (the tests' sign that the run got here), then sleeps `seconds` or until the test
+  removes `marker`: a test sends its signal and then lets the run go on, however slow the machine."""
+  if not marker:
+    time.sleep(seconds)
+    return
+  open(marker, "w").close()
+  deadline = time.time() + seconds
+  while time.time() < deadline and os.path.exists(marker):
+    time.sleep(0.02)
 
 
 class ToyTask:
   """loss = mean over examples of (x.w - y + 0.01 * noise(example key))^2 (+ NaN where y is NaN)."""
   phases = ("main",)
 
-  def __init__(self, config, nan_at_example=None, sleep=0.0):
+  def __init__(self, config, nan_at_example=None, sleep=0.0, pause_at=None, pause=0.0, marker=None):
+    """`sleep`: seconds before each batch. `pause_at` ('prepare': in `train_iterator`, as while a data
+    set is generated; 'first_batch': before the first batch) creates `marker`, then sleeps `pause`
+    seconds or until `marker` is removed."""
+    if pause_at not in (None, "prepare", "first_batch"):
+      raise ValueError(f"ToyTask: pause_at={pause_at!r}; expected None, 'prepare' or 'first_batch'")
     self.config = config
     self.nan_at_example = nan_at_example
     self.sleep = sleep
+    self.pause_at, self.pause, self.marker = pause_at, pause, marker
 
   def init_params(self, rng):
     return {"w": jax.random.normal(rng, (DIM,))}, {"scale": jnp.asarray(2.0)}
@@ -65,6 +101,8 @@ class ToyTask:
     return loss, {"mean_residual": jnp.mean(residual)}
 
   def train_iterator(self, seed):
+    if self.pause_at == "prepare":
+      _pause(self.pause, self.marker)
     rng = np.random.default_rng(123)
     x = rng.normal(size=(64, DIM)).astype(np.float32)
     y = (x @ np.arange(1, DIM + 1, dtype=np.float32)).astype(np.float32)
@@ -75,6 +113,8 @@ class ToyTask:
     start = jax.process_index() * local
     ds = (grain.MapDataset.source(records).shuffle(seed=seed).repeat()
           .batch(self.config.batch_size).map(_SlicedBatches(start, start + local)))
-    if self.sleep:
-      ds = ds.map(_Slow(self.sleep))
-    return iter(ds.to_iter_dataset())
+    iterator = iter(ds.to_iter_dataset())
+    if self.sleep or self.pause_at == "first_batch":
+      first_batch_pause = self.pause if self.pause_at == "first_batch" else 0.0
+      iterator = _SlowIterator(iterator, self.sleep, first_batch_pause, self.marker)
+    return iterator

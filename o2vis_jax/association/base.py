@@ -66,6 +66,15 @@ class Method(abc.ABC):
     section = config.get(self.section_name) if hasattr(config, "get") else None
     return section if section is not None else self.default_config()
 
+  def validate_section(self, section, config) -> None:
+    """Checks the method's section of `config` (`config_validation.validate` calls it right after the
+    config is parsed); raises `config_validation.ConfigError` naming the field. Default: every field is
+    one of `default_config()`'s, of its type. A method with allowed values or ranges overrides it, calls
+    this first, then the checks its `step` would otherwise make mid-run."""
+    del config
+    from o2vis_jax import config_validation
+    config_validation.check_fields(f"config.{self.section_name}", section, self.default_config())
+
   # --- parameters and state ----------------------------------------------------------------------
 
   @property
@@ -77,6 +86,17 @@ class Method(abc.ABC):
     """Fresh parameters of the method (`{}` for a method without any)."""
     del config, rng, num_classes, hidden_dim
     return {}
+
+  def param_shapes(self, config, *, num_classes: int, hidden_dim: int) -> Any:
+    """The shapes of `init_params` (a pytree of `jax.ShapeDtypeStruct`), for checking a checkpoint
+    against the config. Traced by `jax.eval_shape` when `init_params` is traceable; otherwise (values
+    drawn on the host, like the referring trackers' Xavier init) computed once."""
+    init = lambda rng: self.init_params(config, rng, num_classes=num_classes, hidden_dim=hidden_dim)
+    try:
+      return jax.eval_shape(init, jax.random.PRNGKey(0))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                          init(jax.random.PRNGKey(0)))
 
   @abc.abstractmethod
   def init_state(self, config, *, num_queries: int, hidden_dim: int, dtype) -> Any:

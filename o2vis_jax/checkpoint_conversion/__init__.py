@@ -15,8 +15,9 @@ import json
 from typing import Optional
 
 from o2vis_jax.checkpoint_conversion.errors import ConversionError
-from o2vis_jax.checkpoint_conversion.io import (RestrictedUnpickler, UnsafePickleError, load_converted,
-                                                load_pickle, load_state_dict, save_converted, upgrade_config)
+from o2vis_jax.checkpoint_conversion.io import (CheckpointError, RestrictedUnpickler, UnsafePickleError,
+                                                load_converted, load_pickle, load_state_dict,
+                                                read_converted_config, save_converted, upgrade_config)
 from o2vis_jax.checkpoint_conversion.segmenter import (detect_layout, segmenter_from_detectron2,
                                                        segmenter_from_hf)
 
@@ -93,7 +94,7 @@ def convert_file(path: str, layout: str = "auto", hf_config_path: Optional[str] 
 
 
 __all__ = [
-    "ConversionError", "association_from_reference", "convert_file", "RestrictedUnpickler",
+    "CheckpointError", "ConversionError", "association_from_reference", "read_converted_config", "convert_file", "RestrictedUnpickler",
     "UnsafePickleError", "detect_layout", "load_converted", "load_pickle", "load_state_dict",
     "save_converted", "segmenter_from_detectron2", "segmenter_from_hf", "te_only_from_reference",
     "tracker_from_reference", "upgrade_config",

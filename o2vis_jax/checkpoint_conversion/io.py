@@ -8,13 +8,20 @@ Formats (by extension):
   .npz                  numpy archives, allow_pickle=False
   .pth / .pt / .bin     PyTorch files through `torch.load(weights_only=True)` when torch is installed
 Nested checkpoints ({'model': {...}}, {'state_dict': {...}}) are unwrapped.
+
+Converted checkpoint directories (`config.json` + orbax `params/`, written by `save_converted`, i.e. by
+scripts/convert_checkpoint.py and by every training export) have one reader, `load_converted`: it
+validates the config (`config_validation.validate`), reads the params and compares their shapes with
+the model the config describes. Every problem with a file is a `CheckpointError`, one line naming it.
 """
 
 import os
 import pickle
-from typing import Any, Dict
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
+
+from o2vis_jax.cli import InputError
 
 # The only globals a detectron2 weight pickle needs: numpy array / scalar reconstruction (protocol 5
 # pickles build arrays with `_frombuffer`), and `_codecs.encode`, which Python-2-era pickles use to
@@ -30,6 +37,11 @@ ALLOWED_GLOBALS = {
 
 class UnsafePickleError(pickle.UnpicklingError):
   pass
+
+
+class CheckpointError(InputError):
+  """A checkpoint file or converted checkpoint directory that cannot be used: one line naming the file
+  (and the field or parameter)."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -71,7 +83,8 @@ def _unwrap(obj: Any, path: str) -> Dict[str, np.ndarray]:
       obj = obj[wrapper]
       break
   if not isinstance(obj, dict):
-    raise ValueError(f"{path}: expected a dict of arrays (or {{'model': dict}}), got {type(obj).__name__}")
+    raise CheckpointError(f"{path}: expected a dict of arrays (or {{'model': dict}}), got "
+                          f"{type(obj).__name__}")
   out = {}
   for key, value in obj.items():
     if isinstance(value, (dict, list, tuple, str)) or value is None:
@@ -81,27 +94,38 @@ def _unwrap(obj: Any, path: str) -> Dict[str, np.ndarray]:
 
 
 def load_state_dict(path: str) -> Dict[str, np.ndarray]:
-  """{key: numpy array} from a checkpoint file (see module docstring for the formats)."""
+  """{key: numpy array} from a checkpoint file (see module docstring for the formats). A file its
+  format's reader cannot parse (truncated, corrupt, another format) is a CheckpointError naming it."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist")
+  if os.path.isdir(path):
+    raise CheckpointError(f"checkpoint {path} is a directory; give the weight file (a converted "
+                          "checkpoint directory is already converted)")
   ext = os.path.splitext(path)[1].lower()
-  if ext == ".safetensors":
-    from safetensors.numpy import load_file
-    return dict(load_file(path))
-  if ext == ".pkl":
-    return _unwrap(load_pickle(path), path)
-  if ext == ".npz":
-    with np.load(path, allow_pickle=False) as archive:
-      return _unwrap({k: archive[k] for k in archive.files}, path)
+  if ext not in (".safetensors", ".pkl", ".npz", ".pth", ".pt", ".bin"):
+    raise CheckpointError(f"{path}: unknown checkpoint format {ext!r} (expected .safetensors, .pkl, "
+                          ".npz, .pth, .pt or .bin)")
   if ext in (".pth", ".pt", ".bin"):
     try:
       import torch
     except ImportError as e:
       raise ImportError(f"{path}: reading {ext} files needs PyTorch (pip install torch); or convert the "
                         "file to .safetensors / .npz elsewhere") from e
+  try:
+    if ext == ".safetensors":
+      from safetensors.numpy import load_file
+      return dict(load_file(path))
+    if ext == ".pkl":
+      return _unwrap(load_pickle(path), path)
+    if ext == ".npz":
+      with np.load(path, allow_pickle=False) as archive:
+        return _unwrap({k: archive[k] for k in archive.files}, path)
     return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
-  raise ValueError(f"{path}: unknown checkpoint format {ext!r} (expected .safetensors, .pkl, .npz, "
-                   ".pth, .pt or .bin)")
+  except (UnsafePickleError, CheckpointError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (each format's reader has its own errors)
+    reason = f"{type(e).__name__}: {e}".splitlines()[0]
+    raise CheckpointError(f"{path}: not a readable {ext} checkpoint ({reason})") from e
 
 
 # ------------------------------------------------------------------------------ converted checkpoints
@@ -125,26 +149,172 @@ def save_converted(output_dir: str, config, params) -> str:
   return params_dir
 
 
-def load_converted(output_dir: str):
-  """(config, params) written by `save_converted` / scripts/convert_checkpoint.py."""
-  import json
-
+def read_converted_config(output_dir: str):
+  """The validated config of a converted checkpoint directory (`config.json`, upgraded from older
+  layouts, checked by `config_validation.validate`)."""
   import ml_collections
+  from o2vis_jax import config_validation
+  output_dir = os.path.abspath(output_dir)
+  if not os.path.isdir(output_dir):
+    what = "is not a directory" if os.path.exists(output_dir) else "does not exist"
+    raise CheckpointError(f"checkpoint {output_dir} {what} (expected a directory with {CONFIG_FILE} and "
+                          f"{PARAMS_DIR}/: the output of scripts/convert_checkpoint.py or a training export)")
+  config_path = os.path.join(output_dir, CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    raise CheckpointError(f"{config_path} missing: {output_dir} is not a converted checkpoint")
+  content = _read_json(config_path)
+  if not isinstance(content, dict):
+    raise CheckpointError(f"{config_path}: expected a JSON object of config sections, got "
+                          f"{type(content).__name__}")
+  try:
+    config = upgrade_config(ml_collections.ConfigDict(content))
+    return config_validation.validate(config)
+  except (TypeError, ValueError) as e:   # ConfigError, or upgrade_config's legacy mode
+    raise CheckpointError(f"{config_path}: {e}") from e
+
+
+def _read_json(path: str):
+  import json
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+  except UnicodeDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON (not UTF-8 text: byte {e.start})") from e
+  except OSError as e:
+    raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from e
+
+
+def _quiet_event_loop_closed() -> None:
+  """When one array of an orbax restore fails, orbax closes its asyncio loop while tensorstore still
+  completes the other reads; each completion then reports 'Event loop is closed' through
+  sys.unraisablehook, up to hundreds of tracebacks after our one-line error. Drop exactly those (once
+  installed, the filter stays: the reads may complete after `load_converted` has raised)."""
+  import sys
+  previous = sys.unraisablehook
+  if getattr(previous, "_o2vis_quiet", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return
+    previous(unraisable)
+  hook._o2vis_quiet = True
+  sys.unraisablehook = hook
+
+
+def _restore_error(params_dir: str, error: Exception) -> CheckpointError:
+  """orbax / tensorstore's error as one line naming the file that failed (and the array read)."""
+  import re
+  text = str(error).split(" [tensorstore_spec=")[0].strip()
+  files = re.findall(r'local file "([^"]+)"', text)
+  where = files[-1].rstrip("/") if files else params_dir
+  array = re.search(r'(?:reading|at) "([^"/]+)/', text)
+  status = re.match(r"([A-Z_]+): ", text)
+  # The innermost cause follows the last quoted name ('... of local file "F": Error decoding ...').
+  reason = text.rsplit('": ', 1)[-1] if '": ' in text else text.split(": ", 1)[-1]
+  if status and status.group(1) == "NOT_FOUND" and files:
+    reason = "the file is missing"
+  detail = f"{status.group(1)}: {reason}" if status else f"{type(error).__name__}: {reason}"
+  array_note = f" (while reading {array.group(1).replace('.', '/')})" if array else ""
+  return CheckpointError(f"{where}: corrupt or incomplete params{array_note}: {detail}")
+
+
+def read_params(params_dir: str):
+  """The params tree of an orbax checkpoint directory; one-line errors naming the file."""
   import orbax.checkpoint as ocp
+  if not os.path.isdir(params_dir):
+    raise CheckpointError(f"{params_dir} missing: {os.path.dirname(params_dir)} is not a converted "
+                          "checkpoint (or its export was interrupted)")
+  metadata = os.path.join(params_dir, "_METADATA")
+  if not os.path.isfile(metadata):
+    raise CheckpointError(f"{metadata} missing: {params_dir} is not a complete orbax checkpoint")
+  if not isinstance(_read_json(metadata), dict):
+    raise CheckpointError(f"{metadata}: expected orbax's JSON object of tree metadata")
+  _quiet_event_loop_closed()   # before the restore: the late reads may report while it fails
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    params = checkpointer.restore(params_dir)
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore raises ValueError for every status)
+    raise _restore_error(params_dir, e) from e
+  finally:
+    checkpointer.close()
+  return params
+
+
+def flat_shapes(tree, prefix: str = "") -> Dict[str, Tuple[int, ...]]:
+  """{'a/b/c': shape} of a params tree (arrays or jax.ShapeDtypeStruct)."""
+  import jax
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
+    flat["/".join([prefix] + names if prefix else names)] = tuple(getattr(leaf, "shape", ()))
+  return flat
+
+
+def expected_param_shapes(config, parts: Sequence[str] = ("segmenter", "tracker")
+                          ) -> Dict[str, Tuple[int, ...]]:
+  """{'segmenter/...': shape, 'tracker/...': shape} that `config` implies: the segmenter's init traced
+  by `jax.eval_shape` (nothing computed), the association method's `param_shapes`."""
+  from o2vis_jax import association
+  from o2vis_jax.checkpoint_conversion import segmenter as segmenter_conversion
+  shapes = {}
+  if "segmenter" in parts:
+    shapes.update({f"segmenter/{k}": v for k, v in segmenter_conversion.expected_shapes(config).items()})
+  if "tracker" in parts:
+    model = config.model
+    method = association.method_of(config)
+    shapes.update(flat_shapes(method.param_shapes(config, num_classes=model.num_classes,
+                                                  hidden_dim=model.hidden_dim), "tracker"))
+  return shapes
+
+
+def check_param_shapes(params, config, where: str, config_name: str,
+                       parts: Sequence[str] = ("segmenter", "tracker")) -> None:
+  """The params of `parts` have the shapes `config` implies; a CheckpointError names the first
+  missing, unexpected or mis-shaped parameter and both shapes. `parts` absent from `params` are
+  skipped (an export of the segmenter stage has no 'tracker'), and so is a method without params."""
+  present = [part for part in parts if part in params]
+  expected = expected_param_shapes(config, present)
+  if "tracker" in present and not any(k.startswith("tracker/") for k in expected):
+    present.remove("tracker")   # a training-free method: the tracker weights are not its own
+  got = flat_shapes({part: params[part] for part in present})
+  for path, shape in expected.items():
+    if path not in got:
+      raise CheckpointError(f"{where}: parameter {path} {shape} that {config_name} implies is missing")
+    if got[path] != shape:
+      raise CheckpointError(f"{where}: parameter {path} has shape {got[path]}, {config_name} implies "
+                            f"{shape}")
+  extra = sorted(set(got) - set(expected))
+  if extra:
+    more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+    raise CheckpointError(f"{where}: parameter {extra[0]}{more} is not in the model {config_name} "
+                          "describes")
+
+
+def load_converted(output_dir: str, check_against=None,
+                   check_parts: Sequence[str] = ("segmenter", "tracker")):
+  """(config, params) written by `save_converted` / scripts/convert_checkpoint.py / a training export.
+
+  The one reader of these directories: every problem is a `CheckpointError` in one line naming the
+  file (a missing directory, config.json or params/; config.json that is not JSON or fails
+  `config_validation.validate`; an unreadable or corrupt params file or _METADATA) or the parameter
+  whose shape differs from what config.json implies. `check_against`: another config (a training
+  run's) that the params of `check_parts` must also fit.
+  """
   output_dir = os.path.abspath(output_dir)
   config_path = os.path.join(output_dir, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} missing: {output_dir} is not a converted checkpoint")
-  try:
-    with open(config_path) as f:
-      config = upgrade_config(ml_collections.ConfigDict(json.load(f)))
-  except ValueError as e:
-    raise ValueError(f"{config_path}: not a readable config ({e})") from e
+  config = read_converted_config(output_dir)
   params_dir = os.path.join(output_dir, PARAMS_DIR)
-  if not os.path.isdir(params_dir):
-    raise FileNotFoundError(f"{params_dir} missing: {output_dir} is not a converted checkpoint")
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(params_dir)
+  params = read_params(params_dir)
+  if not isinstance(params, dict) or "segmenter" not in params or set(params) - {"segmenter", "tracker"}:
+    keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+    raise CheckpointError(f"{params_dir}: holds {keys}; expected 'segmenter' and optionally 'tracker'")
+  check_param_shapes(params, config, params_dir, f"its {config_path}")
+  if check_against is not None:
+    check_param_shapes(params, check_against, params_dir, "the run's config", check_parts)
   return config, params
 
 

@@ -2,6 +2,9 @@
 
 import ml_collections
 
+# The datasets `python -m data.build` builds (datasets/builders/ytvis.py LAYOUTS; tests check they agree).
+DATASETS = ("ytvis_2019", "ytvis_2021", "ytvis_2022", "ovis", "synthetic")
+
 
 def get() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(

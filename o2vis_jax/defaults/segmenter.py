@@ -2,6 +2,10 @@
 
 import ml_collections
 
+# Allowed values (config_validation checks them; the modules that read the fields would fail later).
+DTYPES = ("float32", "bfloat16", "float64")   # float64 needs jax_enable_x64.
+BACKBONES = ("resnet",)                        # models/segmenter.py builds only the ResNet.
+
 
 def get() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(

@@ -2,6 +2,9 @@
 
 import ml_collections
 
+# `train.task`: one stage (tasks.TASKS) or both in turn (train.run_training; tests check they agree).
+TASKS = ("tracker", "segmenter", "segmenter+tracker")
+
 
 def get() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(

@@ -9,7 +9,9 @@ its own section (`config.minvis`) so that MinVIS is one name in comparisons.
 
 import ml_collections
 
+from o2vis_jax import config_validation
 from o2vis_jax.association import base
+from o2vis_jax.association.ops import hungarian as hungarian_lib
 from o2vis_jax.association.training_free import TrainingFree
 
 
@@ -23,8 +25,9 @@ class MinVIS(TrainingFree):
         matcher="host",         # host (scipy via pure_callback) | device (pure JAX, exact).
     ))
 
-  def resolved(self, config):
-    matcher = self.section(config).get("matcher", "host")
+  def resolve_section(self, section):
+    matcher = config_validation.check_choice(f"config.{self.section_name}.matcher",
+                                             section.get("matcher", "host"), hungarian_lib.MATCHERS)
     return "none", False, matcher
 
 

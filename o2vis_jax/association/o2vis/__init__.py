@@ -48,6 +48,10 @@ class ReferringTrackerMethod(base.Method):
   def tiny(self, section) -> None:
     config_lib.tiny(section)
 
+  def validate_section(self, section, config) -> None:
+    super().validate_section(section, config)
+    config_lib.validate(section, config, self.early_matching_default)
+
   def options(self, config) -> config_lib.Options:
     return config_lib.resolve_options(self.section(config), self.early_matching_default)
 

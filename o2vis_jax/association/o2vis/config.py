@@ -17,6 +17,7 @@ import dataclasses
 
 import ml_collections
 
+from o2vis_jax import config_validation
 from o2vis_jax.association.ops import hungarian as hungarian_lib
 from o2vis_jax.association.ops import memory as memory_lib
 
@@ -57,9 +58,23 @@ class Options:
 
 
 def check(name, value, allowed):
-  if value not in allowed:
-    raise ValueError(f"config.{SECTION}.{name} must be one of {allowed}, got {value!r}")
-  return value
+  return config_validation.check_choice(f"config.{SECTION}.{name}", value, allowed)
+
+
+def validate(section, config, early_matching_default: bool = False) -> None:
+  """The section's values (after `Method.validate_section`'s field and type checks): the switches as
+  `resolve_options` resolves them, the dtypes, the sizes, and C divisible by the heads."""
+  from o2vis_jax.defaults import segmenter as segmenter_defaults  # (defaults imports the methods)
+  resolve_options(section, early_matching_default)
+  path = f"config.{SECTION}"
+  for name in ("dtype", "param_dtype"):
+    if section.get(name) is not None:
+      config_validation.check_choice(f"{path}.{name}", section.get(name), segmenter_defaults.DTYPES)
+  config_validation.check_positive(section, path, ("num_layers", "ffn_dim", "num_heads"))
+  model = config.get("model") if hasattr(config, "get") else None
+  if model is not None and model.get("hidden_dim") and section.get("num_heads"):
+    config_validation.check_divisible("config.model.hidden_dim", model.hidden_dim, f"{path}.num_heads",
+                                      section.num_heads)
 
 
 def resolve_options(section, early_matching_default: bool = False) -> Options:

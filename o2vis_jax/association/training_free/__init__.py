@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from o2vis_jax import config_validation
 from o2vis_jax.association import base
 from o2vis_jax.association.ops import hungarian as hungarian_lib
 from o2vis_jax.association.ops import memory as memory_lib
@@ -69,15 +70,22 @@ class TrainingFree(base.Method):
 
   def resolved(self, config):
     """(memory, use_ohm, matcher) of the section, checked."""
-    section = self.section(config)
-    memory = section.get("memory", "iom")
-    matching = section.get("matching", "ohm")
-    matcher = section.get("matcher", "host")
-    for field, value, allowed in (("memory", memory, memory_lib.BASELINE_MEMORIES),
-                                  ("matching", matching, MATCHING), ("matcher", matcher, hungarian_lib.MATCHERS)):
-      if value not in allowed:
-        raise ValueError(f"config.{self.section_name}.{field} must be one of {allowed}, got {value!r}")
+    return self.resolve_section(self.section(config))
+
+  def resolve_section(self, section):
+    """(memory, use_ohm, matcher) of `section`, each checked against its allowed values."""
+    path = f"config.{self.section_name}"
+    memory = config_validation.check_choice(f"{path}.memory", section.get("memory", "iom"),
+                                            memory_lib.BASELINE_MEMORIES)
+    matching = config_validation.check_choice(f"{path}.matching", section.get("matching", "ohm"), MATCHING)
+    matcher = config_validation.check_choice(f"{path}.matcher", section.get("matcher", "host"),
+                                             hungarian_lib.MATCHERS)
     return memory, matching == "ohm", matcher
+
+  def validate_section(self, section, config) -> None:
+    super().validate_section(section, config)
+    self.resolve_section(section)
+    config_validation.check_positive(section, f"config.{self.section_name}", ("top_k",))
 
   def init_state(self, config, *, num_queries, hidden_dim, dtype):
     return State(memory=jnp.zeros((num_queries, hidden_dim), dtype),
