@@ -171,6 +171,18 @@ def check_output_dir(path: str, flag: str, create: bool = True) -> str:
   return path
 
 
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+  """`write(temporary path)`, then the file replaces `path`: an interrupted or failed write never leaves
+  a truncated file, and an earlier file at `path` stays until the new one is complete."""
+  temporary = f"{path}.tmp-{os.getpid()}"
+  try:
+    write(temporary)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
 def existing_paths(paths: Iterable[Tuple[str, str]]) -> None:
   """Each (flag, path) must exist: one line naming the first that does not."""
   for flag, path in paths:

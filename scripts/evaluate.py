@@ -49,18 +49,6 @@ def format_table(metrics: dict) -> str:
   return f"{header}\n{values}"
 
 
-def write_atomically(path: str, write) -> None:
-  """`write(temporary path)`, then the file replaces `path`: an interrupted or failed write never
-  leaves a truncated file, and an earlier file at `path` stays until the new one is complete."""
-  partial = f"{path}.partial"
-  try:
-    write(partial)
-    os.replace(partial, path)
-  finally:
-    if os.path.exists(partial):
-      os.remove(partial)
-
-
 def check_paths():
   """Inputs readable and outputs writable, before any scoring (which can take minutes on OVIS)."""
   inputs = {}
@@ -102,10 +90,10 @@ def main(argv):
       def write_metrics(path):
         with open(path, "w") as f:
           json.dump(metrics, f, indent=1)
-      write_atomically(outputs["json_out"], write_metrics)
+      cli.write_atomically(outputs["json_out"], write_metrics)
       print(f"wrote {_JSON_OUT.value}")
   if "zip" in outputs:
-    write_atomically(outputs["zip"], lambda path: evaluation.write_results_zip(path, results))
+    cli.write_atomically(outputs["zip"], lambda path: evaluation.write_results_zip(path, results))
     print(f"wrote {_ZIP.value}")
 
 

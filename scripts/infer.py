@@ -253,22 +253,11 @@ def _load_model():
   return config, params
 
 
-def _write_atomically(path: str, write) -> None:
-  """`write(path)` through a temporary file renamed over `path`: never a half-written results file."""
-  temporary = f"{path}.tmp-{os.getpid()}"
-  try:
-    write(temporary)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-
-
 def _write_results(paths: dict, results: list) -> None:
   from o2vis_jax.evaluation import results as results_lib
-  _write_atomically(paths["output"], lambda p: results_lib.write_results(p, results))
+  cli.write_atomically(paths["output"], lambda p: results_lib.write_results(p, results))
   if paths["zip"]:
-    _write_atomically(paths["zip"], lambda p: results_lib.write_results_zip(p, results))
+    cli.write_atomically(paths["zip"], lambda p: results_lib.write_results_zip(p, results))
 
 
 class _Extras:
