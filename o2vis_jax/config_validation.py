@@ -2,8 +2,8 @@
 `--config.*` overrides, or a checkpoint's `config.json`), so that a bad value fails in one line before
 any expensive work instead of hours later inside the segmenter stage, the data pipeline or flax.
 
-`validate(config)` runs one function per section (model, data, train, loss, inference, association, the
-top-level fields) and, for each association method's section present, that method's
+`validate(config)` runs one function per section (model, data, train, loss, inference, refiner,
+association, the top-level fields) and, for each association method's section present, that method's
 `Method.validate_section` (its default compares the section against the method's `default_config()`).
 Every check raises `ConfigError`, one line naming the field:
   - an unknown field, with the nearest known name (a misspelling: `config.trian`);
@@ -225,8 +225,9 @@ def _data(data) -> None:
   if data.get("synthetic_size") is not None:
     # datasets.synthetic.generate's own limit: smaller frames cannot hold its occluders and shapes.
     check_range(f"{path}.synthetic_size", data.synthetic_size, 16)
-  if data.get("flip_prob") is not None:
-    check_range(f"{path}.flip_prob", data.flip_prob, 0.0, 1.0)
+  for name in ("flip_prob", "reverse_prob"):
+    if data.get(name) is not None:
+      check_range(f"{path}.{name}", data[name], 0.0, 1.0)
   sizes = data.get("min_size_train")
   if sizes is not None:
     check_range(f"{path}.min_size_train[0]", sizes[0], 1)
@@ -262,8 +263,9 @@ def _train(train) -> None:
   for name in ("decay_factor", "clip_grad_norm", "adam_eps"):
     if train.get(name) is not None:
       check_range(f"{path}.{name}", train[name], 0, low_open=True)
-  if train.get("early_training_fraction") is not None:
-    check_range(f"{path}.early_training_fraction", train.early_training_fraction, 0.0, 1.0)
+  for name in ("early_training_fraction", "refiner_matching_switch"):
+    if train.get(name) is not None:
+      check_range(f"{path}.{name}", train[name], 0.0, 1.0)
   check_positive(train, path, ("segmenter_steps",))
   for name in ("decay_steps", "segmenter_decay_steps"):
     steps = list(train.get(name) or ())
@@ -302,6 +304,12 @@ def _inference(inference) -> None:
                       "stride)")
 
 
+def _refiner(config) -> None:
+  """The offline temporal refiner's section: its own checks (`o2vis_jax.refiner.validate`)."""
+  from o2vis_jax import refiner
+  refiner.validate(config.refiner, config)
+
+
 def _top_level(config) -> None:
   check_positive(config, "config", ("batch_size", "checkpoint_every_steps", "log_every_steps"))
   check_positive(config, "config", ("num_train_steps", "seed"), minimum=0)
@@ -329,7 +337,7 @@ def _association(config) -> None:
 
 _SECTIONS = {"model": lambda config: _model(config.model), "data": lambda config: _data(config.data),
              "train": lambda config: _train(config.train), "loss": _loss,
-             "inference": lambda config: _inference(config.inference)}
+             "inference": lambda config: _inference(config.inference), "refiner": _refiner}
 
 
 def validate(config, training: bool = False):

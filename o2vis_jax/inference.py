@@ -18,8 +18,22 @@ axis (`mask_resize_matrices`) applied on device: masks = (M_y @ logits @ M_x^T) 
 
 The same loop runs every association method (`config.association.method`): the chunk gives the method
 the segmenter outputs it declares in `required_inputs` and runs `association.run_chunk` on them.
+
+Offline mode (`VideoPredictor.from_config(..., offline=True)`; LOMM / DVIS++ offline, reference/refiner.md
+"Inference scoring") runs the same chunk loop, segmenter + online association method exactly as online,
+but keeps per chunk only what the temporal refiner reads: the method's `pred_embeds` [T, N, C] (O2VIS:
+LN_d of the tracker's output, the refiner's `instance_embeds`), the segmenter's `pred_embds_without_norm`
+[T, N, C] (`frame_embeds`) and the online logits, plus the mask features, moved to the HOST (as LOMM
+moves them to the CPU): device memory grows with T only by the T x N x C queries, host memory by the mask
+features (T x h x w x C in the model dtype). Then ONE refiner call over the whole video
+(`refiner.refine_queries`, compiled per video length: its attention spans every frame), then the masks
+chunk by chunk (`refiner.masks_from_embeddings` on each chunk's mask features moved back to the device,
+then the online path: resize, threshold, bit-pack, RLE). Scores: LOMM's max(softmax(refiner logits),
+softmax(mean online logits)) per (slot, class), no-object dropped, top-k over slot x class
+(`offline_class_scores`, `topk_instances`).
 """
 
+import copy
 import dataclasses
 import functools
 import json
@@ -86,6 +100,21 @@ class_probabilities = association.class_probabilities
 video_topk = association.video_topk
 
 
+def offline_class_scores(refiner_logits: np.ndarray, online_mean_logits: np.ndarray) -> np.ndarray:
+  """LOMM's offline score of each (slot, class) [S, K] (float64): the larger of the refiner's and the
+  online method's probability, max(softmax(refiner_logits)[:, :K], softmax(online_mean_logits)[:, :K]).
+  refiner_logits: the refiner's video-level logits [S, K+1]; online_mean_logits: the online logits
+  averaged over the video's frames [S, K+1] (reference/refiner.md "Inference scoring")."""
+  return np.maximum(class_probabilities(refiner_logits), class_probabilities(online_mean_logits))
+
+
+def topk_instances(scores: np.ndarray, max_num: int) -> List[dict]:
+  """[{'score', 'label', 'slot'}] of the `max_num` best (slot, class) of `scores` [S, K], in
+  `video_topk`'s order: flat index slot * K + class, decreasing score, ties by lower flat index."""
+  values, labels, slots = association.score_topk(scores, max_num)
+  return [dict(score=float(v), label=int(l), slot=int(n)) for v, l, n in zip(values, labels, slots)]
+
+
 # --------------------------------------------------------------------------------------------------
 # Results of one video.
 
@@ -98,7 +127,10 @@ class VideoPrediction:
   score_instances: Callable[[int], List[dict]]      # max_num -> [{'score', 'label', 'slot'}]
   mean_logits: Optional[np.ndarray] = None         # [S, K+1], mean over the video's frames (if kept)
   frame_logits: Optional[np.ndarray] = None        # [T, S, K+1] when asked for (tests, analysis)
-  frame_mask_logits: Optional[np.ndarray] = None   # [T, S, h, w] when asked for
+  frame_mask_logits: Optional[np.ndarray] = None   # [T, S, h, w] when asked for (offline: the refiner's)
+  refiner_logits: Optional[np.ndarray] = None      # offline: the refiner's video-level logits [S, K+1]
+  refiner_inputs: Optional[Dict[str, np.ndarray]] = None   # offline, when asked for: instance_embeds
+  #   [T, S, C], frame_embeds [T, N, C], mask_features [T, h, w, C], as the refiner received them
 
   @property
   def num_frames(self) -> int:
@@ -111,10 +143,14 @@ class VideoPrediction:
                  segmentations=self.slot_rles[inst["slot"]]) for inst in self.score_instances(max_num)]
 
   def slot_instances(self) -> List[dict]:
-    """Every slot as an instance (its best class by the mean logits), for visualising all tracks."""
+    """Every slot as an instance (its best class by the mean logits; offline by the offline scores),
+    for visualising all tracks."""
     if self.mean_logits is None:
       raise ValueError("this association method keeps no per-slot mean logits")
-    probs = class_probabilities(self.mean_logits)
+    if self.refiner_logits is not None:
+      probs = offline_class_scores(self.refiner_logits, self.mean_logits)
+    else:
+      probs = class_probabilities(self.mean_logits)
     best = np.argmax(probs, axis=-1)
     return [dict(score=float(probs[n, best[n]]), label=int(best[n]), identity=n,
                  segmentations=self.slot_rles[n]) for n in range(len(self.slot_rles))]
@@ -307,12 +343,20 @@ def predict_dataset(predictor: "VideoPredictor", dataset: dict, frames_dir: str,
 # --------------------------------------------------------------------------------------------------
 # The model of one chunk: segmenter on the chunk as a batch, then the scan of the association step.
 
-def model_for_config(config, mask_padding: bool = False) -> Tuple[Callable, Callable]:
+class OfflineInferenceError(ValueError):
+  """Offline inference cannot run with these weights or this association method (one line naming why)."""
+
+
+def model_for_config(config, mask_padding: bool = False, offline: bool = False
+                     ) -> Tuple[Callable, Callable]:
   """(chunk_model, init_state) of `config`'s association method (`config.association.method`).
 
   params = {'segmenter': ..., 'tracker': ...} ('tracker': the method's params; absent for a method
   without any). mask_padding: pass the padding mask to the segmenter (`Segmenter`'s `pixel_valid`);
   False, the default, is what the reference does (it pads to a multiple of 32 and ignores the padding).
+  offline: the chunk outputs what the refiner reads instead of the online masks: pred_logits and
+  pred_embeds [T, S, ...] (the method's), frame_embeds [T, N, C] (the segmenter's
+  `pred_embds_without_norm`) and mask_features [T, h, w, C].
   """
   segmenter = models.build_segmenter(config)
   method = association.method_of(config)
@@ -321,7 +365,10 @@ def model_for_config(config, mask_padding: bool = False) -> Tuple[Callable, Call
     raise ValueError(f"association method {method.name!r} needs inputs {unknown} that video inference "
                      f"does not produce (it gives {association.STANDARD_INPUTS})")
   segmenter_dtype = jnp.dtype(config.model.dtype)
-  kept = tuple(dict.fromkeys(("pred_logits", "pred_masks") + tuple(method.score_inputs)))
+  if offline:
+    kept = ("pred_logits", "pred_embeds")
+  else:
+    kept = tuple(dict.fromkeys(("pred_logits", "pred_masks") + tuple(method.score_inputs)))
 
   def state_dtype(params):
     return method.state_dtype(config, params.get("tracker"), segmenter_dtype)
@@ -337,7 +384,12 @@ def model_for_config(config, mask_padding: bool = False) -> Tuple[Callable, Call
     frames = {k: available[k]() for k in method.required_inputs}
     frames["valid"] = frame_valid
     state, tracked = association.run_chunk(config, params.get("tracker"), state, frames)
-    return state, {k: tracked[k] for k in kept}
+    if offline and "pred_embeds" not in tracked:
+      raise OfflineInferenceError(_no_embeds_message(method))
+    outputs = {k: tracked[k] for k in kept}
+    if offline:
+      outputs.update(frame_embeds=out["pred_embds_without_norm"], mask_features=out["mask_features"])
+    return state, outputs
 
   def init_state(params, images, pixel_valid):
     del images, pixel_valid
@@ -347,15 +399,81 @@ def model_for_config(config, mask_padding: bool = False) -> Tuple[Callable, Call
   return chunk_model, init_state
 
 
-def init_params(config, seed: int = 0) -> Dict[str, Any]:
+def _no_embeds_message(method) -> str:
+  return (f"offline inference: association method {method.name!r} outputs no per-frame 'pred_embeds' "
+          "(the refiner's instance queries); run it online, or offline with a method that does "
+          "(e.g. 'o2vis')")
+
+
+def check_offline_method(config, params) -> None:
+  """Raises `OfflineInferenceError` unless `config`'s association method outputs per-frame
+  `pred_embeds` (traced on one frame of abstract inputs: no compilation, no computation)."""
+  method = association.method_of(config)
+  model = config.model
+  num_queries, hidden_dim = model.num_queries, model.hidden_dim
+  tracker = params.get("tracker")
+  dtype = method.state_dtype(config, tracker, jnp.dtype(model.dtype))
+  size = 4   # any mask size: the check is about which outputs exist
+  shapes = dict(embeds=(num_queries, hidden_dim), embeds_without_norm=(num_queries, hidden_dim),
+                logits=(num_queries, model.num_classes + 1), masks=(num_queries, size, size),
+                mask_features=(size, size, hidden_dim))
+  frames = {k: jax.ShapeDtypeStruct((1,) + shapes[k], dtype) for k in method.required_inputs}
+  frames["valid"] = jax.ShapeDtypeStruct((1,), jnp.bool_)
+  state = method.init_state(config, num_queries=num_queries, hidden_dim=hidden_dim, dtype=dtype)
+  _, outputs = jax.eval_shape(
+      lambda p, s, f: association.run_chunk(config, p, s, f), tracker, state, frames)
+  if "pred_embeds" not in outputs:
+    raise OfflineInferenceError(_no_embeds_message(method))
+
+
+def refiner_config(config):
+  """`config` with a `refiner` section (the refiner's defaults, `refiner.default_config()`, when it has
+  none: a config written before the refiner, e.g. for random weights)."""
+  from o2vis_jax import refiner as refiner_lib  # pylint: disable=g-import-not-at-top
+  if config.get("refiner") is not None:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.refiner = refiner_lib.default_config()
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineRefiner:
+  """The temporal refiner as offline inference calls it (`refiner.refine_queries` and
+  `refiner.masks_from_embeddings` with the config bound).
+
+  refine_queries(params_refiner, instance_embeds [T, S, C], frame_embeds [T, N, C])
+    -> {'pred_logits' [S, K+1] (video-level), 'mask_embeddings' [T, S, C]}
+  masks_from_embeddings(mask_embeddings [t, S, C], mask_features [t, h, w, C]) -> [t, S, h, w]
+  """
+  refine_queries: Callable
+  masks_from_embeddings: Callable
+
+
+def refiner_for_config(config) -> OfflineRefiner:
+  from o2vis_jax import refiner as refiner_lib  # pylint: disable=g-import-not-at-top
+  config = refiner_config(config)
+  return OfflineRefiner(
+      refine_queries=functools.partial(refiner_lib.refine_queries, config),
+      masks_from_embeddings=refiner_lib.masks_from_embeddings)
+
+
+def init_params(config, seed: int = 0, offline: bool = False) -> Dict[str, Any]:
   """Random {'segmenter', 'tracker'} parameters of `config`, for smoke tests and benchmarks: the
   segmenter's `models.init_segmenter_params` and the association method's own `init_params` ({} for a
-  training-free method)."""
+  training-free method); offline: also 'refiner' (`refiner.init_params` of `refiner_config(config)`)."""
   segmenter_key, tracker_key = jax.random.split(jax.random.PRNGKey(seed))
   method = association.method_of(config)
-  return dict(segmenter=models.init_segmenter_params(config, segmenter_key),
-              tracker=method.init_params(config, tracker_key, num_classes=config.model.num_classes,
-                                         hidden_dim=config.model.hidden_dim))
+  params = dict(segmenter=models.init_segmenter_params(config, segmenter_key),
+                tracker=method.init_params(config, tracker_key, num_classes=config.model.num_classes,
+                                           hidden_dim=config.model.hidden_dim))
+  if offline:   # its own key: the segmenter's and tracker's weights stay those of the online run
+    from o2vis_jax import refiner as refiner_lib  # pylint: disable=g-import-not-at-top
+    params["refiner"] = refiner_lib.init_params(
+        refiner_config(config), jax.random.fold_in(jax.random.PRNGKey(seed), 2),
+        num_classes=config.model.num_classes, hidden_dim=config.model.hidden_dim)
+  return params
 
 
 class VideoPredictor:
@@ -367,12 +485,17 @@ class VideoPredictor:
   of a fresh video. `model_for_config` builds both from a config. `method` scores the video
   (`association.Method`'s scoring hooks; default O2VIS's). Compiled functions are cached per
   (chunk size, input size, output size).
+
+  Offline (`refiner` given, `from_config(..., offline=True)`): the chunk model's outputs are
+  `model_for_config(offline=True)`'s (pred_logits, pred_embeds, frame_embeds, mask_features), the
+  refiner's params are `params['refiner']`, and the module docstring says what runs.
   """
 
   def __init__(self, params, chunk_model: Callable, init_carry: Callable, chunk_size: int,
                min_size: int, size_divisibility: int, pad_value: Sequence[float],
                max_size: Optional[int] = None, max_num: int = 10, config=None,
-               method: Optional[association.Method] = None):
+               method: Optional[association.Method] = None,
+               refiner: Optional[OfflineRefiner] = None):
     self.params = params
     self.max_num = int(max_num)
     self.config = config
@@ -384,43 +507,72 @@ class VideoPredictor:
     self.size_divisibility = int(size_divisibility)
     self.max_size = max_size
     self.pad_value = tuple(float(v) for v in pad_value)
+    self.refiner = refiner
+    if refiner is not None and "refiner" not in params:
+      raise OfflineInferenceError(_no_refiner_message(params))
     self._compiled: Dict[Tuple, Callable] = {}
-    self.num_compilations = 0      # traces of the chunk function (one per chunk / frame size)
+    self._refine = None if refiner is None else jax.jit(refiner.refine_queries)  # one per video length
+    self.num_compilations = 0      # traces of the chunk functions (one per chunk / frame size)
+
+  @property
+  def offline(self) -> bool:
+    return self.refiner is not None
 
   @classmethod
   def from_config(cls, config, params, chunk_size: Optional[int] = None,
-                  mask_padding: bool = False) -> "VideoPredictor":
+                  mask_padding: bool = False, offline: bool = False) -> "VideoPredictor":
     """`max_num`: config.inference.max_num as the method adjusts it (`Method.max_num`; the training-free
-    methods keep their `top_k`, REFERENCE.md section 11: MinVIS keeps 10 whatever MAX_NUM says)."""
+    methods keep their `top_k`, REFERENCE.md section 11: MinVIS keeps 10 whatever MAX_NUM says);
+    offline: config.inference.max_num (LOMM's MAX_NUM). offline: the refiner after the online method
+    (`OfflineInferenceError` without params['refiner'] or with a method without `pred_embeds`)."""
     method = association.method_of(config)
     if method.trainable and "tracker" not in params:
       raise ValueError(f"association method {method.name!r} needs trained parameters, but the checkpoint "
                        f"holds only {sorted(params)}: run a training-free method instead "
                        f"(e.g. --method training_free)")
-    chunk_model, init_carry = model_for_config(config, mask_padding)
     inference = config.inference
-    max_num = method.max_num(config, inference.max_num)
+    refiner = None
+    if offline:
+      if "refiner" not in params:
+        raise OfflineInferenceError(_no_refiner_message(params))
+      check_offline_method(config, params)
+      refiner = refiner_for_config(config)
+      max_num = inference.max_num
+    else:
+      max_num = method.max_num(config, inference.max_num)
+    chunk_model, init_carry = model_for_config(config, mask_padding, offline=offline)
     return cls(params, chunk_model, init_carry, config=config, method=method,
                chunk_size=chunk_size or inference.chunk_size,
                min_size=inference.min_size_test,
                size_divisibility=inference.size_divisibility,
                pad_value=config.model.pixel_mean,
-               max_size=inference.get("max_size_test", None), max_num=max_num)
+               max_size=inference.get("max_size_test", None), max_num=max_num, refiner=refiner)
 
   def geometry(self, height: int, width: int) -> video_io.FrameGeometry:
     return video_io.FrameGeometry.for_video(height, width, self.min_size, self.size_divisibility,
                                             self.max_size)
 
-  def _step_fn(self, geometry: video_io.FrameGeometry, keep_mask_logits: bool = False) -> Callable:
-    key = (self.chunk_size, geometry, keep_mask_logits)
+  def _jit(self, key: Tuple, body: Callable) -> Callable:
     if key not in self._compiled:
-      body = functools.partial(_chunk_step, self.chunk_model, geometry, keep_mask_logits)
-
       def counted(*args):
         self.num_compilations += 1   # runs at trace time only
         return body(*args)
       self._compiled[key] = jax.jit(counted)
     return self._compiled[key]
+
+  def _step_fn(self, geometry: video_io.FrameGeometry, keep_mask_logits: bool = False) -> Callable:
+    """The chunk function: online, the model and its masks (`_chunk_step`); offline, the model only."""
+    if self.offline:
+      return self._jit(("offline", self.chunk_size, geometry), functools.partial(_offline_chunk_step,
+                                                                                 self.chunk_model))
+    return self._jit((self.chunk_size, geometry, keep_mask_logits),
+                     functools.partial(_chunk_step, self.chunk_model, geometry, keep_mask_logits))
+
+  def _masks_fn(self, geometry: video_io.FrameGeometry, keep_mask_logits: bool) -> Callable:
+    """Offline: (mask_embeddings [chunk, S, C], mask_features [chunk, h, w, C]) -> bit-packed masks."""
+    return self._jit(("masks", self.chunk_size, geometry, keep_mask_logits),
+                     functools.partial(_refined_masks_step, self.refiner.masks_from_embeddings,
+                                       geometry, keep_mask_logits))
 
   def pixel_valid(self, geometry: video_io.FrameGeometry) -> np.ndarray:
     valid = np.zeros((self.chunk_size, geometry.padded_height, geometry.padded_width), bool)
@@ -441,29 +593,46 @@ class VideoPredictor:
              + analysis.temp_size_in_bytes)
     return total / 2 ** 20
 
-  def predict(self, frames: Iterable[np.ndarray], height: int, width: int,
-              keep_frame_logits: bool = False, keep_mask_logits: bool = False,
-              progress: Optional[Callable[[int], None]] = None) -> VideoPrediction:
-    """Streams `frames` (uint8 [height, width, 3] each) through the model; returns the prediction.
-
-    keep_frame_logits / keep_mask_logits: also return the per-frame class logits [T, N, K+1] / the
-    low-resolution mask logits [T, N, h, w] (tests and analysis; host memory then grows with T).
-    `progress(n)` is called after every chunk with the number of frames it held.
-    """
-    geometry = self.geometry(height, width)
-    step = self._step_fn(geometry, keep_mask_logits)
+  def _run_chunks(self, frames: Iterable[np.ndarray], geometry: video_io.FrameGeometry,
+                  step: Callable, progress: Optional[Callable[[int], None]]
+                  ) -> Iterator[Tuple[int, Dict[str, Array]]]:
+    """The chunk loop of both modes: (valid frames, the chunk function's outputs) per chunk, the
+    association state carried from chunk to chunk; a video without frames is a `VideoReadError`."""
     pixel_valid = jnp.asarray(self.pixel_valid(geometry))
-    carry, accumulator, slot_rles, count = None, None, None, 0
-    logit_sum = None
-    kept_logits, kept_masks = [], []
+    carry, count = None, 0
     for chunk in video_io.iter_chunks(frames, geometry, self.chunk_size, self.pad_value):
       images = jnp.asarray(chunk.images)
       if carry is None:
         carry = self.init_carry(self.params, images, pixel_valid)
       carry, outputs = step(self.params, carry, images, pixel_valid, jnp.asarray(chunk.frame_valid))
-      valid = chunk.num_valid
+      yield chunk.num_valid, outputs
+      count += chunk.num_valid
+      if progress is not None:
+        progress(chunk.num_valid)
+    if count == 0:
+      raise video_io.VideoReadError("the video has no frames")
+
+  def predict(self, frames: Iterable[np.ndarray], height: int, width: int,
+              keep_frame_logits: bool = False, keep_mask_logits: bool = False,
+              progress: Optional[Callable[[int], None]] = None,
+              keep_refiner_inputs: bool = False) -> VideoPrediction:
+    """Streams `frames` (uint8 [height, width, 3] each) through the model; returns the prediction.
+
+    keep_frame_logits / keep_mask_logits: also return the per-frame class logits [T, N, K+1] (online
+    ones, also offline) / the low-resolution mask logits [T, N, h, w] (offline: the refiner's) (tests
+    and analysis; host memory then grows with T). keep_refiner_inputs (offline): also return what the
+    refiner received (`VideoPrediction.refiner_inputs`).
+    `progress(n)` is called after every chunk with the number of frames it held.
+    """
+    if self.offline:
+      return self._predict_offline(frames, height, width, keep_frame_logits, keep_mask_logits,
+                                   keep_refiner_inputs, progress)
+    geometry = self.geometry(height, width)
+    step = self._step_fn(geometry, keep_mask_logits)
+    accumulator, slot_rles, count, logit_sum = None, None, 0, None
+    kept_logits, kept_masks = [], []
+    for valid, outputs in self._run_chunks(frames, geometry, step, progress):
       logits = np.asarray(outputs["pred_logits"], np.float64)[:valid]
-      packed = np.asarray(outputs["packed_masks"])[:valid]
       scored = {k: (logits if k == "pred_logits" else np.asarray(outputs[k])[:valid])
                 for k in self.method.score_inputs}
       if accumulator is None:
@@ -474,16 +643,8 @@ class VideoPredictor:
         kept_logits.append(logits)
       if keep_mask_logits:
         kept_masks.append(np.asarray(outputs["pred_masks"])[:valid])
-      if slot_rles is None:
-        slot_rles = [[] for _ in range(logits.shape[1])]
-      for t in range(valid):
-        for n, rle in enumerate(encode_rle(unpack_masks(packed[t], width))):
-          slot_rles[n].append(rle)
+      slot_rles = _add_rles(slot_rles, np.asarray(outputs["packed_masks"])[:valid], width)
       count += valid
-      if progress is not None:
-        progress(valid)
-    if count == 0:
-      raise video_io.VideoReadError("the video has no frames")
     method, config, final = self.method, self.config, accumulator
     return VideoPrediction(
         slot_rles=slot_rles, height=height, width=width,
@@ -492,20 +653,114 @@ class VideoPredictor:
         frame_logits=np.concatenate(kept_logits) if keep_frame_logits else None,
         frame_mask_logits=np.concatenate(kept_masks) if keep_mask_logits else None)
 
+  def _predict_offline(self, frames, height, width, keep_frame_logits, keep_mask_logits,
+                       keep_refiner_inputs, progress) -> VideoPrediction:
+    geometry = self.geometry(height, width)
+    # 1. Segmenter + the online method, chunk by chunk: the queries and the online logits kept; the
+    # mask features leave the device (host memory T x h x w x C, device memory independent of T).
+    instance_embeds, frame_embeds, mask_features, kept_logits = [], [], [], []
+    logit_sum, count = None, 0
+    for valid, outputs in self._run_chunks(frames, geometry, self._step_fn(geometry), progress):
+      logits = np.asarray(outputs["pred_logits"], np.float64)[:valid]
+      logit_sum = logits.sum(0) if logit_sum is None else logit_sum + logits.sum(0)
+      if keep_frame_logits:
+        kept_logits.append(logits)
+      instance_embeds.append(np.asarray(outputs["pred_embeds"])[:valid])
+      frame_embeds.append(np.asarray(outputs["frame_embeds"])[:valid])
+      mask_features.append(np.asarray(outputs["mask_features"])[:valid])
+      count += valid
+    instance_embeds, frame_embeds = np.concatenate(instance_embeds), np.concatenate(frame_embeds)
+    kept_inputs = None
+    if keep_refiner_inputs:
+      kept_inputs = dict(instance_embeds=instance_embeds, frame_embeds=frame_embeds,
+                         mask_features=np.concatenate(mask_features))
+    # 2. One refiner call over the whole video (its attention along time spans every frame).
+    refined = self._refine(self.params["refiner"], jnp.asarray(instance_embeds),
+                           jnp.asarray(frame_embeds))
+    refiner_logits = np.asarray(refined["pred_logits"], np.float64)
+    mask_embeddings = np.asarray(refined["mask_embeddings"])
+    del refined
+    # 3. The refiner's masks chunk by chunk (each chunk's features back on the device), then the
+    # online path: resize, threshold, bit-pack, RLE. The last chunk is padded to the chunk size.
+    masks_step = self._masks_fn(geometry, keep_mask_logits)
+    slot_rles, kept_masks, start = None, [], 0
+    mask_features.reverse()
+    while mask_features:
+      features = mask_features.pop()   # freed chunk by chunk
+      valid = features.shape[0]
+      outputs = masks_step(jnp.asarray(_pad_frames(mask_embeddings[start:start + valid],
+                                                   self.chunk_size)),
+                           jnp.asarray(_pad_frames(features, self.chunk_size)))
+      slot_rles = _add_rles(slot_rles, np.asarray(outputs["packed_masks"])[:valid], width)
+      if keep_mask_logits:
+        kept_masks.append(np.asarray(outputs["pred_masks"])[:valid])
+      start += valid
+    mean_logits = logit_sum / count
+    scores = offline_class_scores(refiner_logits, mean_logits)
+    return VideoPrediction(
+        slot_rles=slot_rles, height=height, width=width,
+        score_instances=lambda max_num: topk_instances(scores, max_num),
+        mean_logits=mean_logits, refiner_logits=refiner_logits, refiner_inputs=kept_inputs,
+        frame_logits=np.concatenate(kept_logits) if keep_frame_logits else None,
+        frame_mask_logits=np.concatenate(kept_masks) if keep_mask_logits else None)
+
   def predict_video(self, source, **kwargs) -> VideoPrediction:
     """`source`: a `video_io` frame source (FrameFiles, VideoFile)."""
     return self.predict(iter(source), source.height, source.width, **kwargs)
+
+
+def _no_refiner_message(params) -> str:
+  return (f"offline inference needs the temporal refiner's weights (params['refiner']), but the "
+          f"checkpoint holds only {sorted(params)}: give an offline checkpoint (a converted LOMM / "
+          "DVIS++ offline model or a refiner training run's export), or run online")
+
+
+def _pad_frames(x: np.ndarray, length: int) -> np.ndarray:
+  """x [t, ...] padded with zeros to [length, ...] (the frames of a last, partial chunk)."""
+  if x.shape[0] == length:
+    return x
+  return np.concatenate([x, np.zeros((length - x.shape[0],) + x.shape[1:], x.dtype)])
+
+
+def _add_rles(slot_rles: Optional[List[List[dict]]], packed: np.ndarray, width: int
+              ) -> List[List[dict]]:
+  """Appends each valid frame's masks (bit-packed [t, S, H, ceil(W / 8)]) to the slots' RLE lists."""
+  if slot_rles is None:
+    slot_rles = [[] for _ in range(packed.shape[1])]
+  for frame in packed:
+    for n, rle in enumerate(encode_rle(unpack_masks(frame, width))):
+      slot_rles[n].append(rle)
+  return slot_rles
+
+
+def _packed_outputs(mask_logits, geometry, keep_mask_logits) -> Dict[str, Array]:
+  """Mask logits [T, S, h, w] -> {'packed_masks'} at the original size (+ 'pred_masks' if kept)."""
+  mask_h, mask_w = mask_logits.shape[-2:]
+  m_y, m_x = mask_resize_matrices(mask_h, mask_w, geometry)   # trace-time constants
+  result = dict(packed_masks=binary_masks(mask_logits, jnp.asarray(m_y), jnp.asarray(m_x)))
+  if keep_mask_logits:
+    result["pred_masks"] = mask_logits
+  return result
 
 
 def _chunk_step(chunk_model, geometry, keep_mask_logits, params, carry, images, pixel_valid,
                 frame_valid):
   """The jitted body: the model on one chunk, then its masks at the original size, bit-packed."""
   carry, outputs = chunk_model(params, carry, images, pixel_valid, frame_valid)
-  mask_h, mask_w = outputs["pred_masks"].shape[-2:]
-  m_y, m_x = mask_resize_matrices(mask_h, mask_w, geometry)   # trace-time constants
   result = {k: v for k, v in outputs.items() if k != "pred_masks"}
   result.update(pred_logits=outputs["pred_logits"].astype(jnp.float32),
-                packed_masks=binary_masks(outputs["pred_masks"], jnp.asarray(m_y), jnp.asarray(m_x)))
-  if keep_mask_logits:
-    result["pred_masks"] = outputs["pred_masks"]
+                **_packed_outputs(outputs["pred_masks"], geometry, keep_mask_logits))
   return carry, result
+
+
+def _offline_chunk_step(chunk_model, params, carry, images, pixel_valid, frame_valid):
+  """The jitted body offline: the model on one chunk; what the refiner reads leaves the device."""
+  carry, outputs = chunk_model(params, carry, images, pixel_valid, frame_valid)
+  return carry, dict(outputs, pred_logits=outputs["pred_logits"].astype(jnp.float32))
+
+
+def _refined_masks_step(masks_from_embeddings, geometry, keep_mask_logits, mask_embeddings,
+                        mask_features):
+  """The jitted body of the offline masks: the refiner's mask logits of one chunk, bit-packed."""
+  return _packed_outputs(masks_from_embeddings(mask_embeddings, mask_features), geometry,
+                         keep_mask_logits)

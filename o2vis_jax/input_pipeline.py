@@ -24,7 +24,8 @@ Augmentation per clip (Mask2Former-video / DVIS order): one random crop (side le
 by the clip's frames. Images are resized bilinearly and masks by nearest neighbour on the same grid. Clip
 frames: a reference frame and T-1 others from the 2 * `sampling_frame_range` + 1 frames around it
 (`sample_frame_indices`); with range 2 and T = 5 that is 5 consecutive frames. A COCO image becomes a pseudo-clip: T copies, each
-under a small random rotation / scale / shift, then the same per-clip augmentation.
+under a small random rotation / scale / shift, then the same per-clip augmentation. With `reverse_prob` > 0
+(the offline refiner's REVERSE_AGU) a clip's frame order is then reversed with that probability.
 
 Determinism: the order is a seeded per-epoch shuffle and each clip's randomness is grain's per-index
 generator, so the stream is a function of (seed, position); `iterator.get_state()` / `set_state()` resume
@@ -75,6 +76,7 @@ class ClipOptions:
   pseudo_rotation_degrees: float
   pseudo_scale: float
   pseudo_shift: float
+  reverse_prob: float = 0.0
 
   @classmethod
   def from_config(cls, data: ml_collections.ConfigDict) -> "ClipOptions":
@@ -85,7 +87,8 @@ class ClipOptions:
                crop=(data.crop_min, data.crop_max) if data.crop_enabled else None,
                flip_prob=data.flip_prob, max_instances=data.max_instances,
                pseudo_rotation_degrees=data.pseudo_clip_rotation_degrees,
-               pseudo_scale=data.pseudo_clip_scale, pseudo_shift=data.pseudo_clip_shift)
+               pseudo_scale=data.pseudo_clip_scale, pseudo_shift=data.pseudo_clip_shift,
+               reverse_prob=float(data.get("reverse_prob", 0.0)))
 
 
 def sample_frame_indices(length: int, num_frames: int, frame_range: int,
@@ -189,6 +192,10 @@ def make_training_clip(record: Dict[str, Any], rng: np.random.Generator, *, opti
 
   present = masks.any(axis=(2, 3))                # [T, G'] visible after augmentation.
   chosen = _choose_instances(annotated, present.any(axis=0), options.max_instances, rng)
+  # Time reversal of the whole clip (DVIS / LOMM offline REVERSE_AGU), drawn last and only when enabled,
+  # so that a config without it draws exactly the clips it drew before.
+  if options.reverse_prob > 0 and rng.uniform() < options.reverse_prob:
+    frames, masks, present = frames[::-1], masks[::-1], present[::-1]
   return {
       "frames": np.ascontiguousarray(frames),
       "masks": np.ascontiguousarray(masks[:, chosen]),

@@ -5,13 +5,17 @@
   (stop-gradient, no optimiser state): segmenter -> `association.track` over the clip -> `method.loss`.
   Its training phases are the method's (`Method.phases`, `Method.phase(config, step)`).
 - `SegmenterTask` (SPEC 6): the per-frame Mask2Former loss with deep supervision + Eq. 13.
+- `RefinerTask` (issue 13; shared/reference/refiner.md "Training"): the offline temporal refiner trained on
+  a frozen segmenter + online association method, with Mask2Former-VIS's video set loss on the masks
+  stacked over time and LOMM's switch of the matching from the tracker's outputs to the refiner's.
 
-Both read training clips from `o2vis_jax.input_pipeline` in the batch format documented there, and
+All read training clips from `o2vis_jax.input_pipeline` in the batch format documented there, and
 average a per-video criterion over the local videos with `losses.mean_over_videos`.
 """
 
+import dataclasses
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 import jax
@@ -206,7 +210,169 @@ class SegmenterTask(_Task):
     return losses.mean_over_videos(criterion, rngs, outputs, targets)
 
 
-TASKS = {"tracker": TrackingTask, "segmenter": SegmenterTask}
+# --------------------------------------------------------------------------------------------------
+# The offline temporal refiner (shared/reference/refiner.md, "Training").
+#
+# LOMM_offline's `frame_decoder_loss_reshape` turns a video into one image: the masks [T, N, h, w] are
+# stacked vertically into [N, T*h, w], the GT masks [T, G, H, W] into [G, T*H, W], and the video-level
+# logits [N, K+1] are that image's classes. The criterion is then Mask2Former's per-image set loss on that
+# image (VideoHungarianMatcher = one Hungarian per video over all its frames; CE + BCE + dice on
+# `loss.num_points * T` uncertainty-sampled points of the stacked mask). Here a stacked video is a
+# `VideoTargets` of one "frame", so `losses.frame_assignment` and `losses.set_loss` are reused unchanged.
+# Point sampling: like the reference, the points are drawn over the stacked [T*h, w] map (not per frame).
+# Padded frames (frame_valid False; the training pipeline never pads) would count as frames of the image.
+
+def stack_over_time(masks: jax.Array) -> jax.Array:
+  """[T, N, h, w] -> [N, T*h, w]: frame t occupies rows t*h .. (t+1)*h - 1 (the reference's reshape)."""
+  num_frames, num, height, width = masks.shape
+  return jnp.transpose(masks, (1, 0, 2, 3)).reshape(num, num_frames * height, width)
+
+
+def stacked_targets(targets: losses.VideoTargets) -> losses.VideoTargets:
+  """The clip's GT as one image: labels [1, G], masks [1, G, T*H, W]. A GT is a target when it has a
+  mask in some frame of the clip (Mask2Former-VIS `prepare_targets`: gt_ids != -1 somewhere)."""
+  in_clip = jnp.any(targets.present, axis=0)
+  return losses.VideoTargets(labels=targets.labels[:1], masks=stack_over_time(targets.masks)[None],
+                             present=in_clip[None], frame_valid=jnp.ones((1,), bool))
+
+
+def refiner_mask_count(targets: losses.VideoTargets) -> jax.Array:
+  """The refiner criterion's num_masks of one clip: its GT instances (Mask2Former-VIS counts instances,
+  not (frame, instance) pairs); `losses.average_num_masks` makes it global."""
+  return jnp.sum(jnp.any(targets.present, axis=0)).astype(jnp.float32)
+
+
+def refiner_layers(refined: Dict[str, Any]) -> List[Tuple[str, jax.Array, jax.Array]]:
+  """(term suffix, video logits [N, K+1], masks [T, N, h, w]) of every refiner layer of one video: the
+  last ('') then the aux layers 0..L-2 ('_0'..'_{L-2}'), as the reference's weight dict names them."""
+  layers = [("", refined["pred_logits"], refined["pred_masks"])]
+  layers += [(f"_{i}", aux["pred_logits"], aux["pred_masks"])
+             for i, aux in enumerate(refined.get("aux_outputs", ()))]
+  return layers
+
+
+def refiner_assignments(key: jax.Array, refined: Dict[str, Any], tracker_outputs: Dict[str, Any],
+                        targets: losses.VideoTargets, config: losses.LossConfig,
+                        phase: str) -> List[jax.Array]:
+  """The GT assignment (query_of_gt [G], -1 = unmatched) of every layer of `refiner_layers`.
+
+  'early' (iterations < MAX_ITER / 2 in the reference): one matching on the frozen online tracker's
+  outputs (its per-frame logits [T, N, K+1] averaged over T, its masks stacked), reused by every layer.
+  'late': each layer is matched on its own predictions. `config.num_points` is the matcher's count for
+  the stacked image (the caller's loss.num_points * T)."""
+  image = stacked_targets(targets)
+
+  def assign(layer_key, logits, masks):
+    return losses.frame_assignment(layer_key, logits[None], stack_over_time(masks)[None], image, config)[0]
+
+  layers = refiner_layers(refined)
+  if phase == "early":
+    shared = assign(key, jnp.mean(tracker_outputs["pred_logits"].astype(jnp.float32), axis=0),
+                    tracker_outputs["pred_masks"])
+    return [shared] * len(layers)
+  if phase != "late":
+    raise ValueError(f"refiner loss: phase must be 'early' or 'late', got {phase!r}")
+  keys = jax.random.split(key, len(layers))
+  return [assign(k, logits, masks) for k, (_, logits, masks) in zip(keys, layers)]
+
+
+def refiner_criterion(key: jax.Array, refined: Dict[str, Any], tracker_outputs: Dict[str, Any],
+                      targets: losses.VideoTargets, num_masks: jax.Array, config: losses.LossConfig,
+                      phase: str) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """LOMM_offline's VideoSetCriterion of one video: loss_ce / loss_mask / loss_dice of every refiner
+  layer (suffixes of `refiner_layers`), weighted by `config` (2 / 5 / 5). `config.num_points` is per
+  frame (loss.num_points); the stacked image uses num_points * T for matching and for the losses."""
+  num_frames = targets.masks.shape[0]
+  config = dataclasses.replace(config, num_points=config.num_points * num_frames)
+  match_key, loss_key = jax.random.split(key)
+  assignments = refiner_assignments(match_key, refined, tracker_outputs, targets, config, phase)
+  image = stacked_targets(targets)
+  terms = {}
+  layers = refiner_layers(refined)
+  for layer_key, (suffix, logits, masks), query_of_gt in zip(
+      jax.random.split(loss_key, len(layers)), layers, assignments):
+    terms.update(losses.set_loss(layer_key, logits[None], stack_over_time(masks)[None], image,
+                                 query_of_gt, num_masks, config, suffix=suffix))
+  return losses.weighted_total(terms, config), terms
+
+
+class RefinerTask(_Task):
+  """The offline temporal refiner trains on a frozen segmenter + online association method
+  (shared/reference/refiner.md "Training"): both run without gradient over the clip, the refiner
+  refines the tracker's slot embeddings with the segmenter's queries and mask features,
+  `refiner_criterion` scores every layer. Phases: 'early' (matching on the tracker's outputs) for the first
+  `train.refiner_matching_switch` of the steps, then 'late' (matching on the refiner's own layers)."""
+  phases = ("early", "late")
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None):
+    super().__init__(config, workdir)
+    from o2vis_jax import refiner as refiner_lib
+    self.refiner_lib = refiner_lib
+    self.method = association.method_of(config)
+    if "refiner" not in config:
+      raise ValueError("config.train.task='refiner' needs a config.refiner section "
+                       "(o2vis_jax.defaults.base_config() has one)")
+    method_section = self.method.section(config)
+    self.loss_config = losses.loss_config_from(config, matcher=method_section.get("matcher", "host"))
+
+  def init_params(self, rng):
+    init = self.config.get("init_checkpoint", "")
+    if not init:
+      raise ValueError("config.train.task='refiner' trains on a frozen segmenter and online tracker: set "
+                       "config.init_checkpoint to a checkpoint holding both (e.g. the export of a "
+                       "'segmenter+tracker' or 'tracker' run)")
+    init_refiner = bool(self.config.get("init_refiner", False))
+    parts = ("segmenter", "tracker") + (("refiner",) if init_refiner else ())
+    loaded = load_init_params(init, self.config, parts)
+    expected_tracker = jax.tree.leaves(self.method.param_shapes(
+        self.config, num_classes=self.config.model.num_classes, hidden_dim=self.config.model.hidden_dim))
+    missing = [part for part in parts if part not in loaded
+               and not (part == "tracker" and not expected_tracker)]
+    if missing:
+      raise ValueError(f"config.init_checkpoint={init!r} holds {sorted(loaded)}, not {missing}: "
+                       "config.train.task='refiner' needs the frozen online model ('segmenter' and "
+                       "'tracker': the export of a 'tracker' or 'segmenter+tracker' run)"
+                       + ("; config.init_refiner=True also needs 'refiner'" if init_refiner else ""))
+    if init_refiner:
+      refiner = loaded["refiner"]
+      logging.info("segmenter, tracker and refiner from %s", init)
+    else:
+      model = self.config.model
+      refiner = self.refiner_lib.init_params(self.config, rng, num_classes=model.num_classes,
+                                             hidden_dim=model.hidden_dim)
+      logging.info("segmenter and tracker from %s; fresh refiner", init)
+    return refiner, {"segmenter": loaded["segmenter"], "tracker": loaded.get("tracker", {})}
+
+  def phase(self, step: int) -> str:
+    fraction = float(self.config.train.get("refiner_matching_switch", 0.5))
+    return "early" if step < fraction * self.config.num_train_steps else "late"
+
+  def online(self, frozen, batch) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The frozen segmenter and online association method over the clip, without gradient (the
+    reference runs them under torch.no_grad() in eval mode) -> (segmenter outputs, tracker outputs)."""
+    seg = segmenter_forward(self.config, frozen["segmenter"], batch["frames"], batch["pixel_valid"])
+    seg = jax.lax.stop_gradient(seg)
+    online = association.track(self.config, frozen["tracker"],
+                               association_frames(seg, batch["frame_valid"]), train=False)
+    if "pred_embeds" not in online:
+      raise ValueError(f"association method {self.method.name!r} returns no pred_embeds (the slot "
+                       "embeddings the refiner refines); the refiner needs e.g. 'o2vis'")
+    return seg, jax.lax.stop_gradient(online)
+
+  def loss(self, trainable, frozen, batch, rngs, step, phase):
+    del step
+    seg, online = self.online(frozen, batch)
+    refine = lambda instance, frame, features: self.refiner_lib.refine(
+        self.config, trainable, instance, frame, features, train=True)
+    refined = jax.vmap(refine)(online["pred_embeds"], seg["pred_embds_without_norm"], seg["mask_features"])
+    tracker_outputs = dict(pred_logits=online["pred_logits"], pred_masks=online["pred_masks"])
+    targets = losses.targets_from_batch(batch)
+    num_masks = self._num_masks(jax.vmap(refiner_mask_count)(targets))
+    criterion = lambda key, r, o, t: refiner_criterion(key, r, o, t, num_masks, self.loss_config, phase)
+    return losses.mean_over_videos(criterion, rngs, refined, tracker_outputs, targets)
+
+
+TASKS = {"tracker": TrackingTask, "segmenter": SegmenterTask, "refiner": RefinerTask}
 
 
 def build_task(config: ml_collections.ConfigDict, workdir: Optional[str] = None):

@@ -30,8 +30,8 @@ agree on the stop at every step boundary, so all of them save the same step.
 What is trained is a `Task` (see `o2vis_jax/tasks.py`): it owns the model, the loss and the data, and
 declares its training phases (static strings; one compiled step per phase).
 
-`run_training` at the bottom is the whole run a newcomer reads top to bottom: one stage ('tracker' or
-'segmenter'), or the staged 'segmenter+tracker' run from scratch, and the export of the result.
+`run_training` at the bottom is the whole run a newcomer reads top to bottom: one stage ('tracker',
+'segmenter' or 'refiner'), or the staged 'segmenter+tracker' run from scratch, and the export of the result.
 """
 
 import contextlib
@@ -442,8 +442,9 @@ def _train_and_evaluate(config, workdir, task, progress, stop: _StopSignals) -> 
 # A whole run: stages and export.
 
 def export(directory: str, config: ml_collections.ConfigDict, params: Dict[str, Any]) -> str:
-  """Writes params ({'segmenter', 'tracker'?}) + config as a converted-checkpoint directory (the format
-  of scripts/convert_checkpoint.py), replacing an older export only once the new one is complete."""
+  """Writes params ({'segmenter', 'tracker'?, 'refiner'?}) + config as a converted-checkpoint directory
+  (the format of scripts/convert_checkpoint.py), replacing an older export only once the new one is
+  complete."""
   from o2vis_jax.checkpoint_conversion import save_converted
   directory = os.path.abspath(directory)
   staging = directory + ".incomplete"
@@ -469,9 +470,12 @@ def _stage_config(config, task: str, **train_overrides) -> ml_collections.Config
 def run_training(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> str:
   """Runs `config.train.task` in `workdir` and exports the result to WORKDIR/export; returns its path.
 
-  'segmenter' / 'tracker': one stage. 'segmenter+tracker' (training from scratch, SPEC 6 then 5): the
-  segmenter for `train.segmenter_steps` in WORKDIR/segmenter (exported to WORKDIR/segmenter/export), then
-  the association method (`config.association.method`) on it for `num_train_steps` in WORKDIR/tracker.
+  'segmenter' / 'tracker' / 'refiner': one stage ('refiner' exports {'segmenter', 'tracker', 'refiner'}:
+  the frozen online model of `config.init_checkpoint` and the trained offline refiner, with the config and
+  its `refiner` section, for `scripts/infer.py --offline`). 'segmenter+tracker' (training from scratch,
+  SPEC 6 then 5): the segmenter for `train.segmenter_steps` in WORKDIR/segmenter (exported to
+  WORKDIR/segmenter/export), then the association method (`config.association.method`) on it for
+  `num_train_steps` in WORKDIR/tracker.
   Each stage resumes from its checkpoints. SIGINT / SIGTERM at any point raise `TrainingInterrupted`
   (module docstring) before the next export or stage. The config is validated first
   (`config_validation.validate`), so a wrong value fails before any data is generated or step is run.
@@ -514,6 +518,9 @@ def _run_training(config, workdir, progress, stop: _StopSignals) -> str:
   state = stage(config, workdir, task)
   if task_name == "segmenter":
     params = {"segmenter": state.params}
+  elif task_name == "refiner":   # the frozen online model as loaded, plus the trained refiner.
+    frozen = task.init_params(jax.random.PRNGKey(config.seed))[1]
+    params = {"segmenter": frozen["segmenter"], "tracker": frozen["tracker"], "refiner": state.params}
   else:
     frozen = task.init_params(jax.random.PRNGKey(config.seed))[1]
     params = {"segmenter": frozen["segmenter"], "tracker": state.params}

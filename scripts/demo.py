@@ -13,7 +13,8 @@ Steps (each also available on its own, shown in brackets):
   3. video inference with each association method of --methods (default: the full O2VIS and two Table 3(a)
      training-free baselines on the same segmenter), results in WORKDIR/results_<method>.json
      [python scripts/infer.py --checkpoint CKPT --method NAME --dataset_json DIR/valid.json
-      --frames_dir DIR/valid/JPEGImages]
+      --frames_dir DIR/valid/JPEGImages]; when the checkpoint holds refiner weights, one more row, the
+     offline refiner after the checkpoint's method (WORKDIR/results_o2vis_offline.json) [... --offline]
   4. YouTube-VIS evaluation [python scripts/evaluate.py --gt DIR/valid.json --results RESULTS.json]
   5. a table of AP / AP50 / AP75 / AR1 / AR10 per method, and an overlay video of one clip (first method)
      with one colour per identity.
@@ -56,6 +57,9 @@ ROWS = {
     "minvis": ("no memory + Hungarian", {}),
 }
 DEFAULT_METHODS = ("o2vis", "training_free", "minvis")
+# The offline row (the temporal refiner after the checkpoint's online method, scripts/infer.py --offline):
+# its name (results_<name>.json) and label; run when the checkpoint has refiner weights.
+OFFLINE_ROW = ("o2vis_offline", "O2VIS* (offline)")
 _METHODS = flags.DEFINE_list(
     "methods", list(DEFAULT_METHODS),
     f"Association methods to run and compare, comma-separated, one table row each, in this order; any of "
@@ -95,6 +99,16 @@ def check_weights(source: str, config, has_tracker: bool, names) -> None:
       training_free = [n for n in association.names() if not association.get(n).trainable]
       raise cli.InputError(f"--methods {name}: {source} gives {held}; give the --checkpoint of a trained "
                            f"{name!r} model, or drop it from --methods (training-free: {training_free})")
+
+
+def offline_predictor(inference, config, params):
+  """The offline row's predictor, or None (with a one-line note) when the checkpoint cannot run it."""
+  try:
+    return inference.VideoPredictor.from_config(config, params, offline=True)
+  except inference.OfflineInferenceError as e:
+    reason = "no refiner weights in the checkpoint" if "refiner" not in params else str(e)
+    print(f"note: row {OFFLINE_ROW[1]!r} skipped: {reason}")
+    return None
 
 
 def format_table(rows):
@@ -155,17 +169,23 @@ def main(argv):
   print(f"step 2/5: model from {checkpoint}")
 
   rows, first_predictor = [], None
-  for index, name in enumerate(_METHODS.value):
-    label = row_label(name)
-    print(f"step 3/5: inference [{index + 1}/{len(_METHODS.value)}] {label} ({name})")
-    predictor = inference.VideoPredictor.from_config(method_config(config, name), params)
+
+  def run_row(name, label, predictor, step):
+    print(f"step 3/5: inference [{step}] {label} ({name})")
     results = inference.predict_dataset(predictor, dataset, frames_dir, progress=progress)
     results_path = os.path.join(workdir, f"results_{name}.json")
     results_lib.write_results(results_path, results)
     print(f"step 4/5: evaluating {results_path}")
     rows.append((label, evaluation.evaluate(gt_json, results)))
+
+  for index, name in enumerate(_METHODS.value):
+    predictor = inference.VideoPredictor.from_config(method_config(config, name), params)
+    run_row(name, row_label(name), predictor, f"{index + 1}/{len(_METHODS.value)}")
     if index == 0:
       first_predictor = predictor
+  offline = offline_predictor(inference, config, params)
+  if offline is not None:
+    run_row(*OFFLINE_ROW, offline, "offline")
 
   table = format_table(rows)
   with open(os.path.join(workdir, "demo_metrics.json"), "w") as f:

@@ -16,6 +16,10 @@ r"""Runs O2VIS on your own video or on a YouTube-VIS / OVIS split and writes the
   # a training-free association (Table 3(a) rows 1-5) on a segmenter-only checkpoint
   python scripts/infer.py --checkpoint /ckpt/segmenter --method minvis --input clip.mp4
 
+  # offline (LOMM / DVIS++ offline): O2VIS online, then the temporal refiner over the whole video;
+  # a checkpoint with refiner weights (a converted offline model or a refiner training run's export)
+  python scripts/infer.py --checkpoint /ckpt/offline --offline --input clip.mp4
+
 Every output path and input is checked before the model is loaded: an output that is a directory
 (or a directory that is a file), an unwritable folder, a missing frame file, a truncated or corrupt
 video (one line naming the file and the frame where decoding stops; --allow_partial uses the frames
@@ -28,6 +32,14 @@ video is done, before the masks and the overlay. With --dataset_json, each video
 appended to <output>.partial.jsonl as it finishes, so an interruption or an unreadable video keeps
 the finished ones (--resume); --output is written from all of them at the end, and the .partial.jsonl
 removed. --overlay draws the top-k instances with one stable colour per identity (tracker slot).
+
+--offline runs the same chunks (segmenter + online association method), keeping per frame only the
+slots' queries and the segmenter's queries (device memory still independent of the video length) and
+the mask features on the host (host memory grows with the video: about h x w x C values per frame at 1/4
+resolution), then the temporal refiner once over the whole video, then its masks chunk by chunk. Scores
+are LOMM's: per (slot, class) the larger of the refiner's and the online method's probability. It needs
+refiner weights (params['refiner'], or random ones with --config) and a method that outputs per-frame
+queries (o2vis); --resume continues only a run with the same --offline.
 """
 
 import os
@@ -101,6 +113,12 @@ _LEGACY_MODES = {"trackers": "o2vis", "te_only": "o2vis_te_only", "baseline": "t
 _TRACKER_MODE = flags.DEFINE_enum(
     "tracker_mode", None, sorted(_LEGACY_MODES), "Deprecated: use --method "
     "(trackers = o2vis, te_only = o2vis_te_only, baseline = training_free).")
+_OFFLINE = flags.DEFINE_bool(
+    "offline", False, "Offline inference (LOMM / DVIS++ offline): after the online association method, "
+    "the temporal refiner re-reads every slot over the whole video; its masks, and per (slot, class) "
+    "the larger of its and the online probability as score. Needs a checkpoint with refiner weights "
+    "(params['refiner']; with --config: random ones) and a method that outputs per-frame queries "
+    "(o2vis). Mask features are kept in host memory (about h x w x C per frame at 1/4 resolution).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Frames per chunk (default: "
                                    "config.inference.chunk_size).")
 _MAX_NUM = flags.DEFINE_integer("max_num", None, "Results per video, top-k over slot x class "
@@ -223,6 +241,12 @@ def _read_dataset() -> dict:
   return dataset
 
 
+def _offline() -> dict:
+  """The `offline` argument of `inference.init_params` / `VideoPredictor.from_config`, given only with
+  --offline (the stand-in predictors of the command-line tests take the online arguments only)."""
+  return dict(offline=True) if _OFFLINE.value else {}
+
+
 def _load_model():
   from o2vis_jax import config_validation, inference
   if _CHECKPOINT.value:
@@ -249,7 +273,7 @@ def _load_model():
                            "a training-free method")
   if params is None:
     logging.warning("random weights (--config without --checkpoint): outputs are meaningless")
-    params = inference.init_params(config, seed=_SEED.value)
+    params = inference.init_params(config, seed=_SEED.value, **_offline())   # --offline: a refiner too
   return config, params
 
 
@@ -327,6 +351,7 @@ def _run_dataset(paths: dict, dataset: dict, config, predictor, max_num: int) ->
                   frames_dir=os.path.abspath(_FRAMES_DIR.value),
                   checkpoint=os.path.abspath(_CHECKPOINT.value) if _CHECKPOINT.value else None,
                   seed=None if _CHECKPOINT.value else _SEED.value, max_num=max_num,
+                  offline=_OFFLINE.value,
                   config_sha256=hashlib.sha256(
                       config.to_json_best_effort(sort_keys=True).encode()).hexdigest())
   if _RESUME.value and not os.path.exists(paths["partial"]):
@@ -381,8 +406,11 @@ def main(argv):
   dataset = _read_dataset() if dataset_mode else None
   from o2vis_jax import inference
   config, params = _load_model()
-  try:   # e.g. a trainable method on a segmenter-only checkpoint: the error names the fix
-    predictor = inference.VideoPredictor.from_config(config, params, chunk_size=_CHUNK_SIZE.value)
+  # e.g. a trainable method on a segmenter-only checkpoint, --offline without refiner weights: the
+  # error names the fix
+  try:
+    predictor = inference.VideoPredictor.from_config(config, params, chunk_size=_CHUNK_SIZE.value,
+                                                     **_offline())
   except ValueError as e:
     where = f"--checkpoint {_CHECKPOINT.value}: " if _CHECKPOINT.value else ""
     raise cli.InputError(f"{where}{e}") from e

@@ -12,8 +12,8 @@ Adding a method: a package here whose `__init__` defines a `Method` subclass and
 """
 
 from o2vis_jax.association.base import (STANDARD_INPUTS, Method, association_config, class_probabilities,
-                                        get, method_name, method_of, names, register, unregister,
-                                        video_topk, with_method)
+                                        get, method_name, method_of, names, register, score_topk,
+                                        unregister, video_topk, with_method)
 from o2vis_jax.association.driver import init_state, run_chunk, track, video_instances
 from o2vis_jax.association.ops.hungarian import (MATCHERS, cosine_cost, hungarian,
                                                  occupancy_guided_matching)
@@ -29,6 +29,6 @@ from o2vis_jax.association import minvis  # noqa: E402,F401
 __all__ = [
     "Method", "STANDARD_INPUTS", "register", "unregister", "get", "names", "method_name", "method_of",
     "association_config", "with_method", "track", "run_chunk", "init_state", "video_instances",
-    "video_topk", "class_probabilities", "hungarian", "cosine_cost", "occupancy_guided_matching",
+    "video_topk", "score_topk", "class_probabilities", "hungarian", "cosine_cost", "occupancy_guided_matching",
     "MATCHERS", "memory_update", "occupancy_update", "adaptive_anchor", "baseline_memory_update",
 ]

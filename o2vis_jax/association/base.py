@@ -203,11 +203,15 @@ def video_topk(mean_logits: np.ndarray, max_num: int) -> Tuple[np.ndarray, np.nd
   sorted by decreasing score (ties: lower flat index first). One slot may appear with several classes.
   Returns (scores [k], labels [k] in 0..K-1, slots [k]).
   """
-  probs = class_probabilities(mean_logits)
-  num_classes = probs.shape[-1]
-  flat = probs.reshape(-1)
-  k = min(max_num, flat.size)
-  order = np.argsort(-flat, kind="stable")[:k]
+  return score_topk(class_probabilities(mean_logits), max_num)
+
+
+def score_topk(scores: np.ndarray, max_num: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The `max_num` best (slot, class) of per-class scores [S, K]: flat index = slot * K + class, sorted
+  by decreasing score, ties by lower flat index. Returns (scores [k], labels [k], slots [k])."""
+  num_classes = scores.shape[-1]
+  flat = np.asarray(scores, np.float64).reshape(-1)
+  order = np.argsort(-flat, kind="stable")[:min(max_num, flat.size)]
   return flat[order], order % num_classes, order // num_classes
 
 

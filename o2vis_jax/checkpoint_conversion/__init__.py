@@ -5,7 +5,10 @@
 * `association_from_reference(method, state_dict, num_heads)`: an association method's weights (each
   method converts its own, `association/<method>/convert.py`); `tracker_from_reference` (the LOMM
   tracker, `tracker.*` keys) and `te_only_from_reference` (`tracker_E.*`) are its O2VIS cases.
-* `convert_file(path, ...)`: a whole checkpoint file -> (config, {'segmenter': ..., ['tracker': ...]}).
+* `refiner_from_reference(state_dict, num_heads)`: the offline temporal refiner (`refiner.*` keys of a
+  LOMM / DVIS++ / CAVIS offline checkpoint, or bare keys).
+* `convert_file(path, ...)`: a whole checkpoint file -> (config, {'segmenter': ..., ['tracker': ...],
+  ['refiner': ...]}).
 * `save_converted(dir, config, params)` / `load_converted(dir)`: what scripts/convert_checkpoint.py writes.
 
 The association method's params sit under the key 'tracker' of the params tree (whatever the method).
@@ -18,6 +21,7 @@ from o2vis_jax.checkpoint_conversion.errors import ConversionError
 from o2vis_jax.checkpoint_conversion.io import (CheckpointError, RestrictedUnpickler, UnsafePickleError,
                                                 load_converted, load_pickle, load_state_dict,
                                                 read_converted_config, save_converted, upgrade_config)
+from o2vis_jax.checkpoint_conversion.refiner import refiner_from_reference
 from o2vis_jax.checkpoint_conversion.segmenter import (detect_layout, segmenter_from_detectron2,
                                                        segmenter_from_hf)
 
@@ -57,16 +61,20 @@ def _method_keys(path: str, state_dict):
 
 def convert_file(path: str, layout: str = "auto", hf_config_path: Optional[str] = None, num_heads: int = 8):
   """(config, params) for a checkpoint file: config = the library's default config with the converted
-  `model` section (and the association method's); params = {'segmenter': ..., 'tracker': ... (when the
-  file holds an association method's weights, e.g. LOMM's `tracker.*`)}.
+  `model` section (and the association method's, and `refiner`); params = {'segmenter': ..., 'tracker': ...
+  (when the file holds an association method's weights, e.g. LOMM's `tracker.*`), 'refiner': ... (when it
+  holds an offline refiner's `refiner.*`)}.
 
-  The keys under a registered method's `checkpoint_prefixes` go to that method's converter; the rest is
-  the segmenter in the HF layout (needs `hf_config_path`, the model's config.json) or detectron2 layout.
+  The keys under a registered method's `checkpoint_prefixes` go to that method's converter, the `refiner.*`
+  keys to `refiner_from_reference`; the rest is the segmenter in the HF layout (needs `hf_config_path`,
+  the model's config.json) or detectron2 layout.
   """
   from o2vis_jax import association, defaults
+  from o2vis_jax.checkpoint_conversion import refiner as refiner_conversion
   state_dict = load_state_dict(path)
   method, method_keys = _method_keys(path, state_dict)
-  segmenter_keys = {k: v for k, v in state_dict.items() if k not in method_keys}
+  refiner_keys = {k: v for k, v in state_dict.items() if k.startswith(refiner_conversion.PREFIX)}
+  segmenter_keys = {k: v for k, v in state_dict.items() if k not in method_keys and k not in refiner_keys}
   layout = detect_layout(segmenter_keys) if layout == "auto" else layout
   config = defaults.base_config()
   if layout == "hf":
@@ -90,12 +98,20 @@ def convert_file(path: str, layout: str = "auto", hf_config_path: Optional[str] 
     section = association.get(method).section_name
     config[section] = method_config[section]
     params["tracker"] = method_params
+  if refiner_keys:
+    refiner_config, refiner_params = refiner_from_reference(refiner_keys, num_heads)
+    for field in ("hidden_dim", "num_classes"):
+      if refiner_config.model[field] != model_config[field]:
+        raise ConversionError(f"{path}: the refiner weights have {field} {refiner_config.model[field]}, "
+                              f"the segmenter has {model_config[field]}")
+    config.refiner = refiner_config.refiner
+    params["refiner"] = refiner_params
   return config, params
 
 
 __all__ = [
     "CheckpointError", "ConversionError", "association_from_reference", "read_converted_config", "convert_file", "RestrictedUnpickler",
-    "UnsafePickleError", "detect_layout", "load_converted", "load_pickle", "load_state_dict",
+    "UnsafePickleError", "detect_layout", "load_converted", "load_pickle", "load_state_dict", "refiner_from_reference",
     "save_converted", "segmenter_from_detectron2", "segmenter_from_hf", "te_only_from_reference",
     "tracker_from_reference", "upgrade_config",
 ]

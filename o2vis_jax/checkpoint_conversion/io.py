@@ -135,7 +135,8 @@ PARAMS_DIR = "params"
 
 def save_converted(output_dir: str, config, params) -> str:
   """Writes `config.json` (the whole ml_collections config) and an orbax checkpoint of `params`
-  ({'segmenter': ..., optionally 'tracker': ...}) under `output_dir`; returns the params path."""
+  ({'segmenter': ..., optionally 'tracker': ... and 'refiner': ...}) under `output_dir`; returns the
+  params path."""
   import orbax.checkpoint as ocp
   output_dir = os.path.abspath(output_dir)
   os.makedirs(output_dir, exist_ok=True)
@@ -254,10 +255,13 @@ def flat_shapes(tree, prefix: str = "") -> Dict[str, Tuple[int, ...]]:
   return flat
 
 
-def expected_param_shapes(config, parts: Sequence[str] = ("segmenter", "tracker")
-                          ) -> Dict[str, Tuple[int, ...]]:
-  """{'segmenter/...': shape, 'tracker/...': shape} that `config` implies: the segmenter's init traced
-  by `jax.eval_shape` (nothing computed), the association method's `param_shapes`."""
+PARTS = ("segmenter", "tracker", "refiner")   # the params tree of a converted checkpoint or an export
+
+
+def expected_param_shapes(config, parts: Sequence[str] = PARTS) -> Dict[str, Tuple[int, ...]]:
+  """{'segmenter/...': shape, 'tracker/...': shape, 'refiner/...': shape} that `config` implies: the
+  segmenter's init traced by `jax.eval_shape` (nothing computed), the association method's
+  `param_shapes`, the offline refiner's (`refiner.param_shapes`)."""
   from o2vis_jax import association
   from o2vis_jax.checkpoint_conversion import segmenter as segmenter_conversion
   shapes = {}
@@ -268,11 +272,16 @@ def expected_param_shapes(config, parts: Sequence[str] = ("segmenter", "tracker"
     method = association.method_of(config)
     shapes.update(flat_shapes(method.param_shapes(config, num_classes=model.num_classes,
                                                   hidden_dim=model.hidden_dim), "tracker"))
+  if "refiner" in parts:
+    from o2vis_jax import refiner as refiner_lib
+    model = config.model
+    shapes.update(flat_shapes(refiner_lib.param_shapes(config, num_classes=model.num_classes,
+                                                       hidden_dim=model.hidden_dim), "refiner"))
   return shapes
 
 
 def check_param_shapes(params, config, where: str, config_name: str,
-                       parts: Sequence[str] = ("segmenter", "tracker")) -> None:
+                       parts: Sequence[str] = PARTS) -> None:
   """The params of `parts` have the shapes `config` implies; a CheckpointError names the first
   missing, unexpected or mis-shaped parameter and both shapes. `parts` absent from `params` are
   skipped (an export of the segmenter stage has no 'tracker'), and so is a method without params."""
@@ -309,9 +318,10 @@ def load_converted(output_dir: str, check_against=None,
   config = read_converted_config(output_dir)
   params_dir = os.path.join(output_dir, PARAMS_DIR)
   params = read_params(params_dir)
-  if not isinstance(params, dict) or "segmenter" not in params or set(params) - {"segmenter", "tracker"}:
+  if not isinstance(params, dict) or "segmenter" not in params or set(params) - set(PARTS):
     keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-    raise CheckpointError(f"{params_dir}: holds {keys}; expected 'segmenter' and optionally 'tracker'")
+    raise CheckpointError(f"{params_dir}: holds {keys}; expected 'segmenter' and optionally 'tracker' "
+                          "and 'refiner'")
   check_param_shapes(params, config, params_dir, f"its {config_path}")
   if check_against is not None:
     check_param_shapes(params, check_against, params_dir, "the run's config", check_parts)

@@ -9,11 +9,12 @@ the section small enough for unit tests on a 2-core CPU):
   inference  `defaults/inference.py`   video inference
   association                          which association method runs (`association.method`)
   one section per registered association method, from its `default_config()` (O2VIS: `tracker`).
+  refiner    `o2vis_jax.refiner`       the offline temporal refiner (train.task='refiner', offline inference)
 """
 
 import ml_collections
 
-from o2vis_jax import association, losses
+from o2vis_jax import association, losses, refiner
 from o2vis_jax.defaults import data, inference, segmenter, train
 
 
@@ -30,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train = train.get()
   config.loss = losses.default_config()
   config.inference = inference.get()
+  config.refiner = refiner.default_config()
   config.seed = 0
   config.batch_size = 8            # global, over all devices and hosts.
   config.num_train_steps = 160000
@@ -37,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.init_checkpoint = ""     # converted checkpoint dir to start from (segmenter, maybe tracker).
   config.init_tracker = False     # also take the association method's params from init_checkpoint.
+  config.init_refiner = False     # train.task='refiner': also take the refiner's params from it.
   return config
 
 
@@ -45,6 +48,7 @@ def make_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for part in (segmenter, data, train, inference):
     part.tiny(config)
   losses.tiny(config)
+  refiner.tiny(config.refiner)
   seen = set()
   for name in association.names():
     method = association.get(name)

@@ -27,6 +27,7 @@ def get() -> ml_collections.ConfigDict:
       crop_min=384,
       crop_max=600,
       flip_prob=0.5,
+      reverse_prob=0.0,           # reverse the clip's frame order (REVERSE_AGU: 0.5 for the offline refiner).
       # COCO pseudo-clips: per-frame random rotation (degrees), scale (+-fraction), shift (fraction).
       pseudo_clip_rotation_degrees=10.0,
       pseudo_clip_scale=0.1,

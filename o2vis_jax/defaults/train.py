@@ -3,7 +3,7 @@
 import ml_collections
 
 # `train.task`: one stage (tasks.TASKS) or both in turn (train.run_training; tests check they agree).
-TASKS = ("tracker", "segmenter", "segmenter+tracker")
+TASKS = ("tracker", "segmenter", "segmenter+tracker", "refiner")
 
 
 def get() -> ml_collections.ConfigDict:
@@ -19,10 +19,16 @@ def get() -> ml_collections.ConfigDict:
       backbone_lr_multiplier=0.1, # only matters when the segmenter trains.
       early_training_fraction=0.5,  # Eq. 9, 14: share of steps with early training when it is on.
       tracker_heads_from_segmenter=False,  # fresh trackers start with the segmenter's LN_d/class/mask heads.
-      task="tracker",             # tracker (segmenter frozen) | segmenter | segmenter+tracker (from scratch).
+      # tracker (segmenter frozen) | segmenter | segmenter+tracker (from scratch) | refiner (the offline
+      # temporal refiner on a frozen segmenter + tracker from config.init_checkpoint).
+      task="tracker",
       segmenter_steps=20000,      # segmenter stage of 'segmenter+tracker' (MinVIS_R50: 20k iterations).
       segmenter_learning_rate=1e-4,
       segmenter_decay_steps=(14000,),
+      # task 'refiner': share of the steps whose GT matching is made on the frozen online tracker's
+      # outputs, reused by every refiner layer (LOMM_offline: iter < MAX_ITER / 2); then each layer is
+      # matched on its own predictions.
+      refiner_matching_switch=0.5,
   ))
 
 

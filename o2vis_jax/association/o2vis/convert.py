@@ -21,15 +21,10 @@ import numpy as np
 
 from o2vis_jax.association.o2vis import config as o2vis_config
 from o2vis_jax.checkpoint_conversion.errors import ConversionError
+from o2vis_jax.checkpoint_conversion.table import apply_table, to_numpy  # noqa: F401  (re-used)
 
 PREFIX = "tracker."
 TRACKERS = ("E", "A")
-
-
-def to_numpy(value):
-  if hasattr(value, "detach"):  # torch.Tensor
-    value = value.detach().cpu().numpy()
-  return np.asarray(value)
 
 
 def _strip_prefix(state_dict) -> Dict[str, np.ndarray]:
@@ -91,28 +86,6 @@ def expected_table(hidden_dim, num_classes, ffn_dim, num_layers):
   norm("decoder_norm", ("decoder_norm",))
   linear("class_embed", ("class_embed",), num_classes + 1, c)
   return table
-
-
-def apply_table(sd: Dict[str, np.ndarray], table, where: str) -> dict:
-  """Checks `sd` against `table` ({key: (shape, [(params path, transform)])}) and builds the params tree.
-
-  Raises ConversionError naming every missing, unexpected and mis-shaped key."""
-  missing = sorted(set(table) - set(sd))
-  unexpected = sorted(set(sd) - set(table))
-  misshaped = sorted(f"{k}: {tuple(sd[k].shape)}, expected {table[k][0]}" for k in set(table) & set(sd)
-                     if tuple(sd[k].shape) != table[k][0])
-  if missing or unexpected or misshaped:
-    problems = [f"{name} ({len(keys)}): {keys}" for name, keys in
-                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
-    raise ConversionError(f"{where}: " + "; ".join(problems))
-  params = {}
-  for key, (_, targets) in table.items():
-    for path, transform in targets:
-      node = params
-      for name in path[:-1]:
-        node = node.setdefault(name, {})
-      node[path[-1]] = np.ascontiguousarray(transform(sd[key]))
-  return params
 
 
 def tracker_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.ConfigDict, dict]:
