@@ -331,7 +331,7 @@ def test_params_are_checked_against_the_run_config(shipped_copy):
   from o2vis_jax import tasks
   from o2vis_jax.checkpoint_conversion.io import CheckpointError
   config, params = cc.load_converted(str(shipped_copy))
-  assert sorted(params) == ["segmenter", "tracker"]
+  assert sorted(params) == ["refiner", "segmenter", "tracker"]
   run = config.copy_and_resolve_references()
   run.model.num_classes = 40
   with pytest.raises(CheckpointError, match=r"config.init_checkpoint: .*params: parameter "
@@ -341,7 +341,8 @@ def test_params_are_checked_against_the_run_config(shipped_copy):
   # The tracker's params are compared only when the run takes them (config.init_tracker).
   run = config.copy_and_resolve_references()
   run.tracker.num_layers = 2
-  assert sorted(tasks.load_init_params(str(shipped_copy), run, ("segmenter",))) == ["segmenter", "tracker"]
+  assert sorted(tasks.load_init_params(str(shipped_copy), run, ("segmenter",))) == ["refiner", "segmenter",
+                                                                                     "tracker"]
   with pytest.raises(CheckpointError, match="tracker/transformer_cross_attention_layers_A_2/.* is not in "
                                             "the model the run's config describes"):
     tasks.load_init_params(str(shipped_copy), run, ("segmenter", "tracker"))

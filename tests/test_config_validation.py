@@ -90,7 +90,7 @@ def test_missing_fields_and_sections_are_allowed():
     ("association.method", "o2vsi", "config.association.method='o2vsi' is not a registered association "
                                     "method; did you mean 'o2vis'?"),
     ("train.task", "trackr", "config.train.task must be one of ('tracker', 'segmenter', "
-                             "'segmenter+tracker'), got 'trackr'"),
+                             "'segmenter+tracker', 'refiner'), got 'trackr'"),
     ("data.dataset", "ytvis2019", "config.data.dataset must be one of"),
     ("model.backbone.depth", 51, "config.model.backbone.depth must be one of (18, 34, 50, 101), got 51"),
     ("model.backbone.norm", "batch_norm", "config.model.backbone.norm must be one of ('frozen_bn', "
