@@ -21,7 +21,7 @@ from typing import Dict, Tuple
 import ml_collections
 import numpy as np
 
-from o2vis_jax.checkpoint_conversion.table import apply_table, to_numpy
+from o2vis_jax.checkpoint_conversion.table import Table, apply_table, to_numpy
 from o2vis_jax.checkpoint_conversion.errors import ConversionError
 
 PREFIX = "refiner."
@@ -51,23 +51,8 @@ def expected_table(hidden_dim, num_classes, ffn_dim, num_layers, mask_dim=None):
   """{torch key: (expected shape, [(flax path, transform)])}."""
   c = hidden_dim
   mask_dim = mask_dim or c
-  table = {}
-
-  def linear(torch_name, flax_path, out_dim, in_dim):
-    table[torch_name + ".weight"] = ((out_dim, in_dim), [(flax_path + ("kernel",), lambda w: w.T)])
-    table[torch_name + ".bias"] = ((out_dim,), [(flax_path + ("bias",), lambda b: b)])
-
-  def norm(torch_name, flax_path):
-    table[torch_name + ".weight"] = ((c,), [(flax_path + ("scale",), lambda w: w)])
-    table[torch_name + ".bias"] = ((c,), [(flax_path + ("bias",), lambda b: b)])
-
-  def attention(torch_name, flax_path):
-    parts = [(flax_path + (f"{p}_proj",), slice(i * c, (i + 1) * c)) for i, p in enumerate("qkv")]
-    table[torch_name + ".in_proj_weight"] = (
-        (3 * c, c), [(path + ("kernel",), lambda w, s=s: w[s].T) for path, s in parts])
-    table[torch_name + ".in_proj_bias"] = (
-        (3 * c,), [(path + ("bias",), lambda b, s=s: b[s]) for path, s in parts])
-    linear(torch_name + ".out_proj", flax_path + ("out_proj",), c, c)
+  builder = Table(c)
+  table, linear, norm, attention = builder.entries, builder.linear, builder.norm, builder.attention
 
   def conv(torch_name, flax_name, kernel_size):
     table[torch_name + ".weight"] = (  # [C_out, C_in, k] -> Flax's [k, C_in, C_out]

@@ -21,7 +21,7 @@ import numpy as np
 
 from o2vis_jax.association.o2vis import config as o2vis_config
 from o2vis_jax.checkpoint_conversion.errors import ConversionError
-from o2vis_jax.checkpoint_conversion.table import apply_table, to_numpy  # noqa: F401  (re-used)
+from o2vis_jax.checkpoint_conversion.table import Table, apply_table, to_numpy  # noqa: F401
 
 PREFIX = "tracker."
 TRACKERS = ("E", "A")
@@ -50,24 +50,8 @@ def infer_dims(sd):
 def expected_table(hidden_dim, num_classes, ffn_dim, num_layers):
   """{torch key: (expected shape, [(flax path, transform)])}."""
   c = hidden_dim
-  table = {}
-
-  def linear(torch_name, flax_path, out_dim, in_dim):
-    table[torch_name + ".weight"] = ((out_dim, in_dim), [(flax_path + ("kernel",), lambda w: w.T)])
-    table[torch_name + ".bias"] = ((out_dim,), [(flax_path + ("bias",), lambda b: b)])
-
-  def norm(torch_name, flax_path):
-    table[torch_name + ".weight"] = ((c,), [(flax_path + ("scale",), lambda w: w)])
-    table[torch_name + ".bias"] = ((c,), [(flax_path + ("bias",), lambda b: b)])
-
-  def attention(torch_name, flax_path):
-    parts = [(flax_path + (f"{p}_proj",), slice(i * c, (i + 1) * c)) for i, p in enumerate("qkv")]
-    table[torch_name + ".in_proj_weight"] = (
-        (3 * c, c), [(path + ("kernel",), lambda w, s=s: w[s].T) for path, s in parts])
-    table[torch_name + ".in_proj_bias"] = (
-        (3 * c,), [(path + ("bias",), lambda b, s=s: b[s]) for path, s in parts])
-    linear(torch_name + ".out_proj", flax_path + ("out_proj",), c, c)
-
+  builder = Table(c)
+  table, linear, norm, attention = builder.entries, builder.linear, builder.norm, builder.attention
   for x in TRACKERS:
     for j in range(num_layers):
       cross = f"transformer_cross_attention_layers_{x}"
