@@ -2,4 +2,4 @@
 
 
 class ConversionError(ValueError):
-  pass
+  """A checkpoint's weights do not fit the converter's table (missing, unexpected or mis-shaped keys)."""
