@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from o2vis_jax import association, inference, video_io
 from o2vis_jax.evaluation import rle as rle_lib
+from shared_inputs import moving_square_video
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,14 +214,7 @@ _HEIGHT, _WIDTH, _FRAMES = 48, 80, 7     # -> resized 64x107, padded 64x128, mas
 
 @pytest.fixture(scope="module")
 def video():
-  rng = np.random.default_rng(7)
-  background = rng.integers(0, 160, size=(_HEIGHT, _WIDTH, 3), dtype=np.uint8)
-  frames = []
-  for t in range(_FRAMES):
-    frame = background.copy()
-    frame[10 + t: 30 + t, 5 + 6 * t: 25 + 6 * t] = (240, 220, 30)
-    frames.append(frame)
-  return frames
+  return moving_square_video(_HEIGHT, _WIDTH, _FRAMES)
 
 
 @pytest.fixture(scope="module")

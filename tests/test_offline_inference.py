@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from o2vis_jax import inference
+from shared_inputs import moving_square_video
 from o2vis_jax import refiner as refiner_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,23 +36,12 @@ def _tiny_config():
   return config
 
 
-def _video():
-  rng = np.random.default_rng(7)
-  background = rng.integers(0, 160, size=(_HEIGHT, _WIDTH, 3), dtype=np.uint8)
-  frames = []
-  for t in range(_FRAMES):
-    frame = background.copy()
-    frame[10 + t: 30 + t, 5 + 6 * t: 25 + 6 * t] = (240, 220, 30)
-    frames.append(frame)
-  return frames
-
-
 @pytest.fixture(scope="module")
 def offline_run():
   config = _tiny_config()
   params = inference.init_params(config, seed=0, offline=True)
   assert set(params) == {"segmenter", "tracker", "refiner"}
-  video = _video()
+  video = moving_square_video(_HEIGHT, _WIDTH, _FRAMES)
   predictors = {c: inference.VideoPredictor.from_config(config, params, chunk_size=c, offline=True)
                 for c in (2, 7)}
   predictions = {c: p.predict(iter(video), _HEIGHT, _WIDTH, keep_frame_logits=True,
@@ -83,7 +73,8 @@ def test_offline_chunked_equals_one_chunk(offline_run):
   np.testing.assert_allclose([i["score"] for i in got.instances(_MAX_NUM)],
                              [i["score"] for i in want.instances(_MAX_NUM)], rtol=1e-4)
   # One compilation of the chunk function and one of the mask function serve every video length.
-  short = predictors[2].predict(iter(_video()[:3]), _HEIGHT, _WIDTH, keep_mask_logits=True)
+  short_video = moving_square_video(_HEIGHT, _WIDTH, _FRAMES)[:3]
+  short = predictors[2].predict(iter(short_video), _HEIGHT, _WIDTH, keep_mask_logits=True)
   assert short.num_frames == 3 and predictors[2].num_compilations == 2
 
 
@@ -159,7 +150,7 @@ def _run_infer(*args):
 def test_infer_script_offline_end_to_end(tmp_path):
   frames = tmp_path / "frames"
   frames.mkdir()
-  for t, frame in enumerate(_video()[:3]):
+  for t, frame in enumerate(moving_square_video(_HEIGHT, _WIDTH, _FRAMES)[:3]):
     Image.fromarray(frame).save(frames / f"{t:05d}.png")
   output = tmp_path / "r.json"
   run = _run_infer("--offline", "--config", os.path.join(_ROOT, "configs", "tiny.py"), "--input",

@@ -11,6 +11,7 @@ import pytest
 
 from configs import tiny
 from o2vis_jax import tasks, train
+from shared_inputs import FixedBatch
 
 
 @pytest.fixture(scope="module")
@@ -24,26 +25,9 @@ def setup(tmp_path_factory):
   return config, workdir, batch
 
 
-class _FixedBatch:
-  """Repeats one batch (with the grain iterator's get/set_state interface), so that the loss of a few
-  steps must fall: the model fits that batch."""
-
-  def __init__(self, batch):
-    self.batch = batch
-
-  def __next__(self):
-    return self.batch
-
-  def get_state(self):
-    return {}
-
-  def set_state(self, state):
-    del state
-
-
 def _with_fixed_batch(task_cls, config, workdir, batch):
   task = task_cls(config, workdir)
-  task.train_iterator = lambda seed: _FixedBatch(batch)
+  task.train_iterator = lambda seed: FixedBatch(batch)
   return task
 
 

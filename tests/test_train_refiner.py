@@ -15,22 +15,7 @@ import pytest
 from configs import offline_r50
 from o2vis_jax import config_validation, input_pipeline, losses, tasks, train
 from o2vis_jax.checkpoint_conversion import io as checkpoint_io
-
-
-class _FixedBatch:
-  """Repeats one batch (with the grain iterator's get/set_state interface)."""
-
-  def __init__(self, batch):
-    self.batch = batch
-
-  def __next__(self):
-    return self.batch
-
-  def get_state(self):
-    return {}
-
-  def set_state(self, state):
-    del state
+from shared_inputs import FixedBatch
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +141,7 @@ def test_short_run_lowers_the_loss_trains_only_the_refiner_and_exports_all_three
     seen_phases.append((step, phase_of(self, step)))
     return seen_phases[-1][1]
 
-  monkeypatch.setattr(tasks.RefinerTask, "train_iterator", lambda self, seed: _FixedBatch(batch))
+  monkeypatch.setattr(tasks.RefinerTask, "train_iterator", lambda self, seed: FixedBatch(batch))
   monkeypatch.setattr(tasks.RefinerTask, "phase", recording_phase)
   exported = train.run_training(config, workdir, progress=False)
 
