@@ -46,6 +46,10 @@ def default_config() -> ml_collections.ConfigDict:
       # Long temporal attention: None = plain softmax over all T (memory ~ T^2); an int B = blockwise
       # (online softmax over key blocks of B frames, memory ~ T * B); the same numbers up to round-off.
       attention_block=ml_collections.FieldReference(None, field_type=int),
+      # The per-frame steps (object self-attention, cross-attention, FFN) over chunks of this many frames
+      # (None = all T at once); the same numbers, memory of one chunk's intermediates. Set both
+      # attention_block and frame_chunk (e.g. 64 and 64) for videos of thousands of frames.
+      frame_chunk=ml_collections.FieldReference(None, field_type=int),
       dtype=ml_collections.FieldReference(None, field_type=str),  # None = follow the inputs.
       param_dtype="float32",
   ))
@@ -64,7 +68,7 @@ def validate(section, config=None) -> None:
   path = f"config.{SECTION}"
   config_validation.check_fields(path, section, default_config())
   config_validation.check_positive(section, path, ("num_layers", "ffn_dim", "num_heads", "windows",
-                                                    "attention_block"))
+                                                    "attention_block", "frame_chunk"))
   for name in ("dtype", "param_dtype"):
     if section.get(name) is not None:
       config_validation.check_choice(f"{path}.{name}", section.get(name), DTYPES)
@@ -147,11 +151,6 @@ def init_params(config, rng: jax.Array, *, num_classes: int, hidden_dim: int):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def _bound(config, params):
-  model = build(config, **sizes_of(params))
-  return model.bind({"params": params})
-
-
 def _output_dtype(x):
   return jnp.promote_types(x.dtype, jnp.float32)
 
@@ -171,11 +170,13 @@ def refine_queries(config, params, instance_embeds: jax.Array, frame_embeds: jax
      "mask_embeddings": [T, N, C] mask_embed(decoder_norm(X_{L-1})),
      "aux_outputs": [{"pred_logits", "mask_embeddings"} of layers 0..L-2] (train=True; [] otherwise)}.
   """
-  model = _bound(config, params)
-  layer_outputs = model.layer_outputs(instance_embeds, frame_embeds)     # [L, T, N, C]
-  if not train:
-    layer_outputs = layer_outputs[-1:]
-  logits, mask_embeddings = model.heads(layer_outputs)
+  model = build(config, **sizes_of(params))
+  chunk = _section(config).get("frame_chunk")
+  layer_outputs = refiner_model.run_layers(                              # [L or 1, T, N, C]
+      model, params, instance_embeds, frame_embeds, frame_chunk=None if chunk is None else int(chunk),
+      last_only=not train)
+  logits, mask_embeddings = model.apply({"params": params}, layer_outputs,
+                                        method=refiner_model.TemporalRefiner.heads)
   logits = logits.astype(_output_dtype(logits))
   mask_embeddings = mask_embeddings.astype(_output_dtype(mask_embeddings))
   return {"pred_logits": logits[-1], "mask_embeddings": mask_embeddings[-1],

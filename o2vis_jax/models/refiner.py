@@ -15,7 +15,9 @@ mask features).
 Step 1 has two exact implementations (`attention_block`): None = softmax attention over all T at once
 (memory ~ N * heads * T^2), or an int B = blockwise attention (`blockwise_attention`): T is cut into blocks
 of B frames, every query block scans the key blocks keeping a running max / sum / weighted value (the
-online softmax), so memory grows like N * heads * T * B. Both agree to round-off.
+online softmax), so memory grows like N * heads * T * B. Both agree to round-off. Steps 3-5 treat each frame
+on its own: `run_layers` runs them `frame_chunk` frames at a time, so with both set the refiner's memory is
+linear in T (the per-frame queries, T x N x C, plus one chunk's intermediates).
 
 Submodule names follow the PyTorch module paths (`transformer_time_self_attention_layers.i.self_attn` ->
 `transformer_time_self_attention_layers_i/self_attn/{q,k,v,out}_proj`, `conv_short_aggregate_layers.i.0`
@@ -163,20 +165,31 @@ class TemporalRefiner(nn.Module):
     self.mask_embed = MLP(c, self.mask_dim or c, 3, **kw)
     self.activation_proj = nn.Dense(1, **kw)
 
+  def temporal_block(self, x: jax.Array, layer: int) -> jax.Array:
+    """Steps 1-2 of layer `layer` on x [T, N, C]: per slot, long temporal self-attention and the short
+    temporal conv (both mix frames, so they see the whole video)."""
+    per_slot = jnp.swapaxes(x, 0, 1)                                     # [N, T, C]
+    per_slot = self.transformer_time_self_attention_layers[layer](per_slot)
+    conv = self.conv_short_aggregate_layers[layer]
+    short = conv["2"](replicate_pad(nn.relu(conv["0"](replicate_pad(per_slot, 5))), 3))
+    per_slot = self.conv_norms[layer](per_slot + short)
+    return jnp.swapaxes(per_slot, 0, 1)                                  # [T, N, C]
+
+  def frame_block(self, x: jax.Array, frame_embeds: jax.Array, layer: int) -> jax.Array:
+    """Steps 3-5 of layer `layer`: each frame on its own (object self-attention over the N slots,
+    cross-attention to that frame's segmenter queries, FFN); x [t, N, C], frame_embeds [t, N_seg, C] for
+    any number t of frames, so a long video can run them chunk by chunk (`run_layers`)."""
+    x = self.transformer_obj_self_attention_layers[layer](x)
+    x = self.transformer_cross_attention_layers[layer](x, x, frame_embeds)
+    return self.transformer_ffn_layers[layer](x)
+
   def layer_outputs(self, instance_embeds: jax.Array, frame_embeds: jax.Array) -> jax.Array:
-    """X_0 .. X_{L-1} [L, T, N, C] from instance_embeds [T, N, C] and frame_embeds [T, N_seg, C]."""
+    """X_0 .. X_{L-1} [L, T, N, C] from instance_embeds [T, N, C] and frame_embeds [T, N_seg, C], every
+    frame at once (`run_layers` is the same with the per-frame steps in chunks)."""
     x = instance_embeds
     outputs = []
     for i in range(self.num_layers):
-      per_slot = jnp.swapaxes(x, 0, 1)                                   # [N, T, C]
-      per_slot = self.transformer_time_self_attention_layers[i](per_slot)
-      conv = self.conv_short_aggregate_layers[i]
-      short = conv["2"](replicate_pad(nn.relu(conv["0"](replicate_pad(per_slot, 5))), 3))
-      per_slot = self.conv_norms[i](per_slot + short)
-      x = jnp.swapaxes(per_slot, 0, 1)                                   # [T, N, C]
-      x = self.transformer_obj_self_attention_layers[i](x)
-      x = self.transformer_cross_attention_layers[i](x, x, frame_embeds)
-      x = self.transformer_ffn_layers[i](x)
+      x = self.frame_block(self.temporal_block(x, i), frame_embeds, i)
       outputs.append(x)
     return jnp.stack(outputs)
 
@@ -197,3 +210,40 @@ class TemporalRefiner(nn.Module):
 def masks_from_embeddings(mask_embeddings: jax.Array, mask_features: jax.Array) -> jax.Array:
   """Mask logits [..., t, N, h, w] = mask_embeddings [..., t, N, C] . mask_features [t, h, w, C]."""
   return jnp.einsum("...tnc,thwc->...tnhw", mask_embeddings, mask_features.astype(mask_embeddings.dtype))
+
+
+def map_frames(fn, chunk: int, *arrays: jax.Array) -> jax.Array:
+  """fn(*arrays) for arrays [T, ...] whose rows (frames) are independent, computed `chunk` frames at a
+  time (`lax.map`), so the intermediates of fn hold chunk frames, not T. T is padded to a multiple of
+  chunk with zero frames, whose results are dropped."""
+  length = arrays[0].shape[0]
+  if chunk >= length:
+    return fn(*arrays)
+  num_chunks = -(-length // chunk)
+  padded = [jnp.pad(a, [(0, num_chunks * chunk - length)] + [(0, 0)] * (a.ndim - 1)) for a in arrays]
+  chunked = [a.reshape((num_chunks, chunk) + a.shape[1:]) for a in padded]
+  out = jax.lax.map(lambda xs: fn(*xs), chunked)
+  return out.reshape((num_chunks * chunk,) + out.shape[2:])[:length]
+
+
+def run_layers(model: TemporalRefiner, params, instance_embeds: jax.Array, frame_embeds: jax.Array, *,
+               frame_chunk: Optional[int] = None, last_only: bool = False) -> jax.Array:
+  """`model.layer_outputs` as a function of params, with the per-frame steps (object self-attention,
+  cross-attention, FFN: most of the memory, e.g. the FFN's T x N x ffn_dim activations) run
+  `frame_chunk` frames at a time (None = all at once); the same numbers. Only the temporal steps see all
+  T frames, and with `attention_block` set their memory is linear in T too. Returns [L, T, N, C], or
+  [1, T, N, C] (the last layer) with last_only."""
+  variables = {"params": params}
+  temporal = lambda x, i: model.apply(variables, x, i, method=TemporalRefiner.temporal_block)
+  per_frame = lambda x, f, i: model.apply(variables, x, f, i, method=TemporalRefiner.frame_block)
+  x = instance_embeds
+  outputs = []
+  for i in range(model.num_layers):
+    x = temporal(x, i)
+    if frame_chunk is None:
+      x = per_frame(x, frame_embeds, i)
+    else:
+      x = map_frames(lambda xs, fs, i=i: per_frame(xs, fs, i), int(frame_chunk), x, frame_embeds)
+    if not last_only or i == model.num_layers - 1:
+      outputs.append(x)
+  return jnp.stack(outputs)

@@ -1,14 +1,15 @@
 """Time and memory of the offline temporal refiner over one video, plain vs blockwise temporal attention.
 
   python scripts/benchmark.py refiner [--frames 50,500,5000] [--queries 100] [--channels 256]
-      [--blocks 64] [--run_frames 500] [--repeats 2]
+      [--blocks 64] [--frame_chunks 64] [--run_frames 5000] [--repeats 2]
 
 Random refiner weights (C channels, FFN 2048, 8 heads, 6 layers, K = 40) and random inputs (N slots, 100
 segmenter queries). What is measured is `refiner.refine_queries` in eval mode (layers + heads: the part
 whose memory grows with T; the masks are made chunk by chunk from the mask embeddings on the caller's
 side, `masks_from_embeddings`, and cost T * N * h * w whatever the attention).
 
-For every T and every attention (plain, blockwise B for each B of --blocks): the peak memory XLA plans for
+For every T and every attention (plain: all T frames at once; blockwise B with the per-frame steps in chunks
+of F frames, for each B of --blocks and F of --frame_chunks; "F=all": no chunks): the peak memory XLA plans for
 the compiled program (`compiled.memory_analysis()`: arguments + outputs + temporaries, less aliased
 bytes), and, where T <= --run_frames, the wall time per video (best of --repeats, compile excluded) and
 the device's `memory_stats()` peak where the backend reports it (GPU; not the CPU backend). "logits GiB"
@@ -53,8 +54,13 @@ def main(argv):
   parser.add_argument("--num_layers", type=int, default=6)
   parser.add_argument("--num_classes", type=int, default=40)
   parser.add_argument("--blocks", default="64", help="blockwise attention block sizes, comma separated")
+  parser.add_argument("--frame_chunks", default="64",
+                      help="frame chunks of the per-frame steps for the blockwise rows, comma separated "
+                           "('all' = no chunks)")
   parser.add_argument("--run_frames", type=int, default=5000,
                       help="time only T <= this (the others are compiled for their memory analysis only)")
+  parser.add_argument("--plain_run_frames", type=int, default=500,
+                      help="the same for the plain rows (T = 5000 plain needs more than 24 GiB on CPU)")
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args(argv)
@@ -80,23 +86,27 @@ def main(argv):
         f"heads={args.num_heads} L={args.num_layers} K={args.num_classes} {args.dtype}; refine_queries, eval "
         f"mode; best of {args.repeats}")
 
-  def program(block):
+  chunks = [None if c == "all" else int(c) for c in args.frame_chunks.split(",") if c]
+
+  def program(block, chunk=None):
     config = ml_collections.ConfigDict({"refiner": section.to_dict()})
     config.refiner.attention_block = block
+    config.refiner.frame_chunk = chunk
     return jax.jit(lambda p, x, f: refiner.refine_queries(config, p, x, f))
 
   def shapes(t):
     return (jax.ShapeDtypeStruct((t, n, c), dtype), jax.ShapeDtypeStruct((t, n_seg, c), dtype))
 
-  def planned_bytes(block, t):
+  def planned_bytes(block, t, chunk=None):
     start = time.perf_counter()
-    compiled = program(block).lower(params, *shapes(t)).compile()
+    compiled = program(block, chunk).lower(params, *shapes(t)).compile()
     analysis = compiled.memory_analysis()
     total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
              - analysis.alias_size_in_bytes)
     return compiled, total, analysis.temp_size_in_bytes, time.perf_counter() - start
 
-  attentions = [("plain", None)] + [(f"blockwise B={b}", b) for b in blocks]
+  attentions = [("plain", None, None)] + [
+      (f"blockwise B={b} F={'all' if f is None else f}", b, f) for b in blocks for f in chunks]
   planned = {}
   def logits_bytes(block, t):
     stats = np.dtype(np.float64 if dtype == jnp.float64 else np.float32).itemsize
@@ -104,14 +114,14 @@ def main(argv):
     rows = t if block is None else -(-t // block) * block
     return n * args.num_heads * rows * keys * stats
 
-  print(f"{'attention':>16} {'T':>6} {'planned GiB':>12} {'temp GiB':>10} {'logits GiB':>10} {'compile s':>10} "
+  print(f"{'attention':>22} {'T':>6} {'planned GiB':>12} {'temp GiB':>10} {'logits GiB':>10} {'compile s':>10} "
         f"{'s / video':>10} {'ms / frame':>10} {'peak GiB (memory_stats)':>24}")
-  for name, block in attentions:
+  for name, block, chunk in attentions:
     for t in frames:
-      compiled, total, temp, compile_s = planned_bytes(block, t)
-      planned[(block, t)] = total
+      compiled, total, temp, compile_s = planned_bytes(block, t, chunk)
+      planned[(block, t)] = min(total, planned.get((block, t), total))
       timing = peak = "-"
-      if t <= args.run_frames:
+      if t <= (args.run_frames if block is not None else min(args.run_frames, args.plain_run_frames)):
         rng = np.random.default_rng(t)
         x = jnp.asarray(rng.normal(size=(t, n, c)), dtype)
         f = jnp.asarray(rng.normal(size=(t, n_seg, c)), dtype)
@@ -123,9 +133,11 @@ def main(argv):
         del x, f
       else:
         timing = f"{'-':>10} {'-':>10}"
-      print(f"{name:>16} {t:>6} {_gib(total):12.3f} {_gib(temp):10.3f} {_gib(logits_bytes(block, t)):10.3f} "
+      print(f"{name:>22} {t:>6} {_gib(total):12.3f} {_gib(temp):10.3f} {_gib(logits_bytes(block, t)):10.3f} "
             f"{compile_s:10.1f} {timing} {peak:>24}")
 
+  import resource
+  print(f"process peak RSS so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
   # The largest T the plain program fits in what the blockwise one plans at the largest T.
   longest = max(frames)
   fit_frames = sorted(set(frames))[-3:] if len(set(frames)) >= 3 else [16, 64, 256]
