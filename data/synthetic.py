@@ -29,10 +29,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--jpeg_quality", type=int, default=92, help="JPEG quality of the frames")
   parser.add_argument("--radius_range", type=float, nargs=2, default=synthetic.RADIUS_RANGE,
                       metavar=("MIN", "MAX"), help="object radius range as a fraction of --size")
+  parser.add_argument("--appearance", default=synthetic.APPEARANCES[0], choices=synthetic.APPEARANCES,
+                      help="'class': a colour family and texture per class besides the shape; 'random': "
+                      "any colour and texture (only the shape tells the class)")
   args = parser.parse_args(argv)
   path = synthetic.generate(args.out, args.split, args.videos, args.seed, size=args.size,
                             num_frames=args.frames, max_objects=args.max_objects,
-                            jpeg_quality=args.jpeg_quality, radius_range=args.radius_range)
+                            jpeg_quality=args.jpeg_quality, radius_range=args.radius_range,
+                            appearance=args.appearance)
   print(path)
   return 0
 

@@ -32,7 +32,8 @@ class ConfigError(InputError):
 # Sequences whose length is free (the default's length is only an example); every other sequence
 # field must have its default's length (pairs, RGB triples).
 VARIABLE_LENGTH = frozenset({"config.train.decay_steps", "config.train.segmenter_decay_steps",
-                             "config.data.pad_buckets"})
+                             "config.data.pad_buckets", "config.model.backbone.interaction_indexes",
+                             "config.model.backbone.global_attn_indexes"})
 
 
 # ------------------------------------------------------------------------------------- the helpers
@@ -143,12 +144,20 @@ def _plain(value):
   return value
 
 
-def check_value(path: str, value, default, kind) -> None:
-  """`value` has the type of `default` (`kind` for a default of None; None = not checked)."""
+def _nullable(reference, name: str) -> bool:
+  """The default is a `FieldReference` (declared with a type), which may hold None whatever its value."""
+  import ml_collections
+  fields = getattr(reference, "_fields", None) if isinstance(reference, ml_collections.ConfigDict) else None
+  return isinstance(fields, dict) and isinstance(fields.get(name), ml_collections.FieldReference)
+
+
+def check_value(path: str, value, default, kind, nullable: bool = False) -> None:
+  """`value` has the type of `default` (`kind` for a default of None; None = not checked); None is
+  accepted where the default is None or `nullable` (a FieldReference field, e.g. `refiner.attention_block`)."""
   if _is_section(default):
     check_fields(path, value, default)
   elif value is None:
-    if default is not None:
+    if default is not None and not nullable:
       raise ConfigError(f"{path}=None must be {_describe(kind)} like the default {_plain(default)!r}")
   elif isinstance(default, (list, tuple)):
     _check_sequence(path, value, default)
@@ -166,12 +175,14 @@ def check_fields(path: str, section, reference) -> None:
   for name in _keys(section):
     if name not in known:
       raise unknown_field(path, name, known)
-    check_value(f"{path}.{name}", section[name], reference[name], _type_of_reference(reference, name))
+    check_value(f"{path}.{name}", section[name], reference[name], _type_of_reference(reference, name),
+                _nullable(reference, name))
 
 
 # ---------------------------------------------------------------------------------- the sections
 def _model(model) -> None:
   from o2vis_jax.defaults import segmenter as defaults
+  from o2vis_jax.models import backbones
   from o2vis_jax.models.backbones import resnet
   path = "config.model"
   for name in ("dtype", "param_dtype"):
@@ -187,9 +198,14 @@ def _model(model) -> None:
   if backbone is not None:
     bpath = f"{path}.backbone"
     if backbone.get("name") is not None:
-      check_choice(f"{bpath}.name", backbone.name, defaults.BACKBONES)
-    if backbone.get("depth") is not None:
-      check_choice(f"{bpath}.depth", backbone.depth, tuple(sorted(resnet.STAGE_BLOCKS)))
+      check_choice(f"{bpath}.name", backbone.name, backbones.names())
+    if backbone.get("depth") is not None and backbone.get("name", "resnet") == "resnet":
+      check_choice(f"{bpath}.depth", backbone.depth, resnet.DEPTHS)
+    if backbone.get("name", "resnet") in backbones.names():
+      try:   # each backbone's own checks (models/backbones/<name>.py: check_config)
+        backbones.check_config(backbone, bpath)
+      except ValueError as error:
+        raise ConfigError(str(error)) from None
     if backbone.get("norm") is not None:
       check_choice(f"{bpath}.norm", backbone.norm, resnet.NORMS)
     check_positive(backbone, bpath, ("width", "norm_groups"))
@@ -241,6 +257,9 @@ def _data(data) -> None:
     # The bounds datasets.synthetic.generate enforces (a radius is a fraction of the frame size).
     raise ConfigError(f"{path}.synthetic_radius_range={_plain(radius)} must be (min, max) with "
                       "0 < min <= max <= 0.5 (object radius / frame size)")
+  if data.get("synthetic_appearance") is not None:
+    from o2vis_jax.datasets import synthetic  # pylint: disable=g-import-not-at-top  (numpy + PIL only)
+    check_choice(f"{path}.synthetic_appearance", data.synthetic_appearance, synthetic.APPEARANCES)
   buckets = data.get("pad_buckets")
   if buckets is not None:
     if not buckets:
@@ -331,8 +350,9 @@ def _association(config) -> None:
   for method in [selected] + [association.get(n) for n in known]:
     owners.setdefault(method.section_name, method)
   for section_name, method in owners.items():
-    if section_name in config and config[section_name] is not None:
-      method.validate_section(config[section_name], config)
+    section = association.base.section_of(config, section_name)
+    if section is not None:
+      method.validate_section(section, config)
 
 
 _SECTIONS = {"model": lambda config: _model(config.model), "data": lambda config: _data(config.data),
@@ -347,6 +367,7 @@ def validate(config, training: bool = False):
   if not _is_section(config):
     raise ConfigError(f"config must be a dict of sections, got {type(config).__name__}")
   reference = defaults.base_config()
+  _backbone_reference(config, reference)
   method_sections = {association.get(n).section_name for n in association.names()}
   for name in _keys(config):
     if name not in reference:
@@ -361,6 +382,17 @@ def validate(config, training: bool = False):
   if training:
     _training(config)
   return config
+
+
+def _backbone_reference(config, reference) -> None:
+  """Each backbone has its own fields: `config.model.backbone` is checked against the default section of
+  the backbone it names (models/backbones `default_config`)."""
+  from o2vis_jax.models import backbones
+  model = config.get("model") if _is_section(config) else None
+  backbone = model.get("backbone") if _is_section(model) else None
+  kind = backbone.get("name") if _is_section(backbone) else None
+  if kind in backbones.names() and kind != reference.model.backbone.name:
+    reference.model.backbone = backbones.default_config(kind)
 
 
 def _training(config) -> None:

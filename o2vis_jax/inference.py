@@ -594,10 +594,12 @@ class VideoPredictor:
     return total / 2 ** 20
 
   def _run_chunks(self, frames: Iterable[np.ndarray], geometry: video_io.FrameGeometry,
-                  step: Callable, progress: Optional[Callable[[int], None]]
+                  step: Callable, progress: Optional[Callable[[int], None]],
+                  between: Optional[Callable[[Any], Any]] = None
                   ) -> Iterator[Tuple[int, Dict[str, Array]]]:
     """The chunk loop of both modes: (valid frames, the chunk function's outputs) per chunk, the
-    association state carried from chunk to chunk; a video without frames is a `VideoReadError`."""
+    association state carried from chunk to chunk (through `between(state) -> state` after the caller
+    has used a chunk's outputs, when given); a video without frames is a `VideoReadError`."""
     pixel_valid = jnp.asarray(self.pixel_valid(geometry))
     carry, count = None, 0
     for chunk in video_io.iter_chunks(frames, geometry, self.chunk_size, self.pad_value):
@@ -606,6 +608,8 @@ class VideoPredictor:
         carry = self.init_carry(self.params, images, pixel_valid)
       carry, outputs = step(self.params, carry, images, pixel_valid, jnp.asarray(chunk.frame_valid))
       yield chunk.num_valid, outputs
+      if between is not None:
+        carry = between(carry)
       count += chunk.num_valid
       if progress is not None:
         progress(chunk.num_valid)
@@ -630,8 +634,19 @@ class VideoPredictor:
     geometry = self.geometry(height, width)
     step = self._step_fn(geometry, keep_mask_logits)
     accumulator, slot_rles, count, logit_sum = None, None, 0, None
-    kept_logits, kept_masks = [], []
-    for valid, outputs in self._run_chunks(frames, geometry, step, progress):
+    kept_logits, kept_masks, released_rles = [], [], []
+    empty_rle = encode_rle(np.zeros((1, height, width), bool))[0]
+
+    def release(carry):
+      # Sequences that finished (DVIS-DAQ's dead ones) leave their slots: scores and masks to the host.
+      nonlocal accumulator
+      carry, accumulator, freed = self.method.release(self.config, carry, accumulator)
+      for n in freed:
+        released_rles.append(slot_rles[n])
+        slot_rles[n] = [empty_rle] * count
+      return carry
+
+    for valid, outputs in self._run_chunks(frames, geometry, step, progress, release):
       logits = np.asarray(outputs["pred_logits"], np.float64)[:valid]
       scored = {k: (logits if k == "pred_logits" else np.asarray(outputs[k])[:valid])
                 for k in self.method.score_inputs}
@@ -646,10 +661,14 @@ class VideoPredictor:
       slot_rles = _add_rles(slot_rles, np.asarray(outputs["packed_masks"])[:valid], width)
       count += valid
     method, config, final = self.method, self.config, accumulator
+    if released_rles:   # entries: the released sequences, then the slots (`Method.release`)
+      slot_rles = [rles + [empty_rle] * (count - len(rles)) for rles in released_rles] + slot_rles
+    mean_logits = method.mean_logits(final)     # the method's (per entry), else over every frame
+    mean_logits = logit_sum / count if mean_logits is None else mean_logits
     return VideoPrediction(
         slot_rles=slot_rles, height=height, width=width,
         score_instances=lambda max_num: method.score_instances(config, final, max_num),
-        mean_logits=logit_sum / count,
+        mean_logits=mean_logits,
         frame_logits=np.concatenate(kept_logits) if keep_frame_logits else None,
         frame_mask_logits=np.concatenate(kept_masks) if keep_mask_logits else None)
 

@@ -336,7 +336,8 @@ def prepare_synthetic(config: ml_collections.ConfigDict, root: str) -> str:
   if built:
     return built
   common = dict(size=data.synthetic_size, num_frames=data.synthetic_frames,
-                radius_range=tuple(data.get("synthetic_radius_range", synthetic.RADIUS_RANGE)))
+                radius_range=tuple(data.get("synthetic_radius_range", synthetic.RADIUS_RANGE)),
+                appearance=data.get("synthetic_appearance", synthetic.APPEARANCES[0]))
   synthetic.generate(raw, "train", data.synthetic_videos, seed=config.seed, **common)
   synthetic.generate(raw, "valid", data.synthetic_valid_videos, seed=config.seed + 10_000, **common)
   return builders.build("synthetic", raw, os.path.join(root, "built"), data.holdout_videos,

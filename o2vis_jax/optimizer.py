@@ -9,7 +9,7 @@
 - The backbone's frozen BatchNorm parameters never change.
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,23 +42,30 @@ def _path_names(path) -> str:
 
 
 def weight_decay_mask(params: Any) -> Any:
-  """True where weight decay applies: not on norm parameters, not on query embeddings."""
+  """True where weight decay applies: not on norm parameters, not on query embeddings, not on Swin's
+  relative position bias tables (Mask2Former's build_optimizer: WEIGHT_DECAY_EMBED 0 for them)."""
   def decays(path, _):
     name = _path_names(path)
-    return not ("norm" in name or "embedding" in name or "query_feat" in name
-                or "query_embed" in name or "level_embed" in name)
+    modules = set(name.split("/"))   # whole module names: CAVIS's Linear `ctx_query_embed` decays
+    return not ("norm" in name or "embedding" in name or "relative_position_bias_table" in name
+                or modules & {"query_feat", "query_embed", "level_embed"})
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def frozen_mask(params: Any) -> Any:
+def frozen_mask(params: Any, frozen_subtrees: Sequence[str] = ()) -> Any:
   """True for parameters that never train: the backbone's frozen BatchNorm (scale, bias, mean, var),
-  which detectron2 keeps as buffers. A backbone GroupNorm (`backbone.norm='group_norm'`: no `mean`/`var`
-  next to its scale and bias) trains."""
+  which detectron2 keeps as buffers, and the subtrees named in `frozen_subtrees` (top-level names, or
+  paths 'a/b'; a task's fixed part, e.g. CAVIS's ReID head in the tracker stage, its tracker in the
+  segmenter stage). A backbone GroupNorm (`backbone.norm=
+  'group_norm'`: no `mean`/`var` next to its scale and bias) trains."""
   paths = {_path_names(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  subtrees = [s.lower().split("/") for s in frozen_subtrees]
 
   def frozen(path, _):
     names = _path_names(path).split("/")
     module = "/".join(names[:-1])
+    if any(names[:len(s)] == s for s in subtrees):
+      return True
     return ("backbone" in names and any("norm" in n for n in names[:-1])
             and {f"{module}/mean", f"{module}/var"} <= paths)
   return jax.tree_util.tree_map_with_path(frozen, params)
@@ -75,8 +82,10 @@ def _scale_backbone(backbone_multiplier: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def create_optimizer(train_config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
-  """The trainable part's optimiser; `params` only provides the tree structure for the masks."""
+def create_optimizer(train_config: ml_collections.ConfigDict, params: Any,
+                     frozen_subtrees: Sequence[str] = ()) -> optax.GradientTransformation:
+  """The trainable part's optimiser; `params` only provides the tree structure for the masks;
+  `frozen_subtrees`: top-level subtrees kept fixed (`frozen_mask`)."""
   schedule = learning_rate_schedule(train_config)
   backbone_multiplier = float(train_config.get("backbone_lr_multiplier", 1.0))
   chain = [
@@ -88,7 +97,7 @@ def create_optimizer(train_config: ml_collections.ConfigDict, params: Any) -> op
     chain.append(_scale_backbone(backbone_multiplier))
   chain.append(optax.scale_by_learning_rate(schedule))
   trainable = optax.chain(*chain)
-  frozen = frozen_mask(params)
+  frozen = frozen_mask(params, frozen_subtrees)
   if not any(jax.tree.leaves(frozen)):
     return trainable
   labels = jax.tree.map(lambda f: "frozen" if f else "trainable", frozen)

@@ -44,12 +44,15 @@ def default_config() -> ml_collections.ConfigDict:
       num_heads=8,
       windows=3,                  # frames per mask chunk at inference (memory only; same numbers).
       # Long temporal attention: None = plain softmax over all T (memory ~ T^2); an int B = blockwise
-      # (online softmax over key blocks of B frames, memory ~ T * B); the same numbers up to round-off.
-      attention_block=ml_collections.FieldReference(None, field_type=int),
-      # The per-frame steps (object self-attention, cross-attention, FFN) over chunks of this many frames
-      # (None = all T at once); the same numbers, memory of one chunk's intermediates. Set both
-      # attention_block and frame_chunk (e.g. 64 and 64) for videos of thousands of frames.
-      frame_chunk=ml_collections.FieldReference(None, field_type=int),
+      # (online softmax over B x B tiles of query and key frames); the same numbers up to round-off.
+      # Blockwise is the default: on CPU it was as fast at T = 50 and faster at T = 500 (README).
+      attention_block=ml_collections.FieldReference(64, field_type=int),
+      # The per-frame steps (object self-attention, cross-attention, FFN) over chunks of this many frames,
+      # the temporal steps (steps 1-2, per slot) over chunks of this many slots (None = all at once); the
+      # same numbers, the memory of one chunk's intermediates. With the defaults the memory is linear in
+      # T (scripts/benchmark.py refiner); slot_chunk (e.g. 10) trims it by a further ~20%.
+      frame_chunk=ml_collections.FieldReference(64, field_type=int),
+      slot_chunk=ml_collections.FieldReference(None, field_type=int),
       dtype=ml_collections.FieldReference(None, field_type=str),  # None = follow the inputs.
       param_dtype="float32",
   ))
@@ -68,7 +71,7 @@ def validate(section, config=None) -> None:
   path = f"config.{SECTION}"
   config_validation.check_fields(path, section, default_config())
   config_validation.check_positive(section, path, ("num_layers", "ffn_dim", "num_heads", "windows",
-                                                    "attention_block", "frame_chunk"))
+                                                    "attention_block", "frame_chunk", "slot_chunk"))
   for name in ("dtype", "param_dtype"):
     if section.get(name) is not None:
       config_validation.check_choice(f"{path}.{name}", section.get(name), DTYPES)
@@ -171,10 +174,11 @@ def refine_queries(config, params, instance_embeds: jax.Array, frame_embeds: jax
      "aux_outputs": [{"pred_logits", "mask_embeddings"} of layers 0..L-2] (train=True; [] otherwise)}.
   """
   model = build(config, **sizes_of(params))
-  chunk = _section(config).get("frame_chunk")
+  section = _section(config)
+  chunk = lambda name: None if section.get(name) is None else int(section.get(name))
   layer_outputs = refiner_model.run_layers(                              # [L or 1, T, N, C]
-      model, params, instance_embeds, frame_embeds, frame_chunk=None if chunk is None else int(chunk),
-      last_only=not train)
+      model, params, instance_embeds, frame_embeds, frame_chunk=chunk("frame_chunk"),
+      slot_chunk=chunk("slot_chunk"), last_only=not train)
   logits, mask_embeddings = model.apply({"params": params}, layer_outputs,
                                         method=refiner_model.TemporalRefiner.heads)
   logits = logits.astype(_output_dtype(logits))

@@ -21,6 +21,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from o2vis_jax import association
 from o2vis_jax import losses
@@ -44,6 +45,32 @@ def heads_from_segmenter(tracker: Dict[str, Any], segmenter: Dict[str, Any]) -> 
       raise ValueError(f"train.tracker_heads_from_segmenter: the segmenter's {name} does not fit the "
                        f"tracker's ({theirs} vs {mine})")
     tracker[name] = jax.tree.map(jnp.array, predictor[name])
+  return tracker
+
+
+def with_segmenter_stage_params(method, tracker: Dict[str, Any], loaded: Dict[str, Any],
+                                source: str) -> Dict[str, Any]:
+  """A fresh tracker whose `method.segmenter_stage_params` (e.g. CAVIS's ReID head) are the ones the
+  segmenter stage trained, read from the init checkpoint's association params `loaded` ({} if none)."""
+  names = method.segmenter_stage_params
+  if not names:
+    return tracker
+  missing = [name for name in names if name not in loaded]
+  if missing:
+    logging.warning("%s holds no trained %s of association method %r (the segmenter stage's): they are "
+                    "RANDOMLY initialised", source, missing, method.name)
+    return tracker
+  tracker = dict(tracker)
+  for name in names:
+    mine = [(x.shape, x.dtype) for x in jax.tree.leaves(tracker[name])]
+    theirs = [(np.shape(x), np.asarray(x).dtype) for x in jax.tree.leaves(loaded[name])]
+    if (jax.tree.structure(tracker[name]) != jax.tree.structure(loaded[name])
+        or [m[0] for m in mine] != [t[0] for t in theirs]):
+      raise ValueError(f"config.init_checkpoint={source!r}: its tracker/{name} does not fit association "
+                       f"method {method.name!r} of this config ({theirs} vs {mine})")
+    tracker[name] = jax.tree.map(jnp.asarray, loaded[name])
+  logging.info("%s of association method %r from %s (the segmenter stage's)", list(names), method.name,
+               source)
   return tracker
 
 
@@ -120,6 +147,7 @@ def association_frames(seg: Dict[str, Any], frame_valid) -> Dict[str, Any]:
 
 class _Task:
   phases: Tuple[str, ...] = ("main",)
+  frozen_subtrees: Tuple[str, ...] = ()   # top-level trainable subtrees the optimiser keeps fixed
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None):
     self.config = config
@@ -146,6 +174,7 @@ class TrackingTask(_Task):
       raise ValueError(f"association method {self.method.name!r} is training-free: there is nothing to "
                        "train (config.train.task='tracker' needs a method with a loss)")
     self.phases = self.method.phases
+    self.frozen_subtrees = self.method.frozen_in_training
 
   def init_params(self, rng):
     seg_rng, tracker_rng = jax.random.split(rng)
@@ -165,6 +194,9 @@ class TrackingTask(_Task):
                                         hidden_dim=model.hidden_dim)
       if self.config.train.get("tracker_heads_from_segmenter", False):
         tracker = heads_from_segmenter(tracker, segmenter)
+      tracker = self.method.params_from_segmenter(self.config, tracker, segmenter)
+      if init:
+        tracker = with_segmenter_stage_params(self.method, tracker, loaded.get("tracker", {}), init)
     return tracker, {"segmenter": segmenter}
 
   def phase(self, step: int) -> str:
@@ -174,40 +206,80 @@ class TrackingTask(_Task):
     del step
     seg = segmenter_forward(self.config, frozen["segmenter"], batch["frames"], batch["pixel_valid"])
     seg = jax.lax.stop_gradient(seg)
-    outputs = association.track(self.config, trainable, association_frames(seg, batch["frame_valid"]),
-                                train=True, phase=phase)
     targets = losses.targets_from_batch(batch)
+    frames = association_frames(seg, batch["frame_valid"])
+    frames.update(self.method.training_inputs(self.config, targets, rngs))
+    outputs = association.track(self.config, trainable, frames, train=True, phase=phase)
     num_masks = self._num_masks(jax.vmap(losses.tracker_mask_count)(targets))
     criterion = lambda key, o, t: self.method.loss(self.config, key, o, t, num_masks, phase=phase)
     return losses.mean_over_videos(criterion, rngs, outputs, targets)
 
 
 class SegmenterTask(_Task):
-  """The segmenter trains (backbone lr x0.1, frozen BatchNorm), per frame, with Eq. 13 (SPEC 6)."""
+  """The segmenter trains (backbone lr x0.1, frozen BatchNorm), per frame, with Eq. 13 (SPEC 6), and with
+  the association method's segmenter-stage terms (`Method.segmenter_loss`; CAVIS's L_CTX and L_PCC).
+
+  A method with `segmenter_stage_params` (CAVIS's ReID head) trains them here: the trainable params are
+  then {'segmenter', 'tracker': the method's params}, the rest of the method's params kept fixed, and the
+  export holds both (the tracker stage reads the trained subtrees from it). Otherwise they are the
+  segmenter's params alone."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None):
     super().__init__(config, workdir)
+    self.method = association.method_of(config)
     # The per-frame Hungarian uses the association method's matcher (host / device), if it has one.
-    method_section = association.method_of(config).section(config)
+    method_section = self.method.section(config)
     self.loss_config = losses.loss_config_from(config, matcher=method_section.get("matcher", "host"))
+    self.trains_method = bool(self.method.segmenter_stage_params)
+    if self.trains_method:
+      model = config.model
+      shapes = self.method.param_shapes(config, num_classes=model.num_classes, hidden_dim=model.hidden_dim)
+      self.frozen_subtrees = tuple(f"tracker/{name}" for name in shapes
+                                   if name not in self.method.segmenter_stage_params)
 
   def init_params(self, rng):
+    seg_rng, method_rng = jax.random.split(rng)
     init = self.config.get("init_checkpoint", "")
-    params = (load_init_params(init, self.config)["segmenter"] if init
-              else init_segmenter_params(self.config, rng))
-    return params, {}
+    loaded = load_init_params(init, self.config) if init else {}
+    params = loaded["segmenter"] if init else init_segmenter_params(self.config, seg_rng)
+    if not self.trains_method:
+      return params, {}
+    model = self.config.model
+    if self.config.get("init_tracker", False) and "tracker" in loaded:
+      tracker = loaded["tracker"]
+    else:
+      tracker = self.method.init_params(self.config, method_rng, num_classes=model.num_classes,
+                                        hidden_dim=model.hidden_dim)
+    return {"segmenter": params, "tracker": tracker}, {}
+
+  def export_params(self, params) -> Dict[str, Any]:
+    """The trained params as an export ({'segmenter', 'tracker'?}, `train.export`)."""
+    return dict(params) if self.trains_method else {"segmenter": params}
 
   def loss(self, trainable, frozen, batch, rngs, step, phase):
     del frozen, step, phase
-    seg = segmenter_forward(self.config, trainable, batch["frames"], batch["pixel_valid"])
+    segmenter, method_params = (trainable["segmenter"], trainable["tracker"]) if self.trains_method \
+        else (trainable, {})
+    seg = segmenter_forward(self.config, segmenter, batch["frames"], batch["pixel_valid"])
     outputs = dict(pred_logits=seg["pred_logits"], pred_masks=seg["pred_masks"],
-                   embeddings=seg["pred_embds"],
                    aux=[dict(pred_logits=a["pred_logits"], pred_masks=a["pred_masks"])
                         for a in seg["aux_outputs"]])
+    if self.loss_config.contrastive_weight:
+      outputs["embeddings"] = seg["pred_embds"]
+    frames = association_frames(seg, batch["frame_valid"])
     targets = losses.targets_from_batch(batch)
-    num_masks = self._num_masks(jax.vmap(losses.segmenter_mask_count)(targets))
-    criterion = lambda key, o, t: losses.segmenter_criterion(key, o, t, num_masks, self.loss_config)
-    return losses.mean_over_videos(criterion, rngs, outputs, targets)
+    set_targets = jax.vmap(lambda t: self.method.segmenter_targets(self.config, t))(targets)
+    num_masks = self._num_masks(jax.vmap(losses.segmenter_mask_count)(set_targets))
+
+    def criterion(key, video_outputs, video_frames, video_set_targets, video_targets):
+      set_key, method_key = jax.random.split(key)
+      total, terms, query_of_gt = losses.segmenter_criterion_and_assignment(
+          set_key, video_outputs, video_set_targets, num_masks, self.loss_config)
+      method_total, method_terms = self.method.segmenter_loss(
+          self.config, method_key, method_params, video_frames, video_targets, query_of_gt)
+      return total + method_total, dict(terms, **method_terms)
+
+    return losses.mean_over_videos(criterion, rngs, outputs, frames, set_targets, targets)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -335,7 +335,7 @@ def initial_state(task: Task, config: ml_collections.ConfigDict
   """(state at step 0, frozen params, optimiser) from `config.seed`."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   trainable, frozen = task.init_params(init_rng)
-  tx = optimizer_lib.create_optimizer(config.train, trainable)
+  tx = optimizer_lib.create_optimizer(config.train, trainable, getattr(task, "frozen_subtrees", ()))
   state = TrainState(step=jnp.asarray(0, jnp.int32), params=trainable, opt_state=tx.init(trainable),
                      rng=train_rng)
   return state, frozen, tx
@@ -503,10 +503,10 @@ def _run_training(config, workdir, progress, stop: _StopSignals) -> str:
     seg_config = _stage_config(config, "segmenter", num_train_steps=t.segmenter_steps,
                                learning_rate=t.get("segmenter_learning_rate", t.learning_rate),
                                decay_steps=t.get("segmenter_decay_steps", t.decay_steps))
-    seg_state = stage(seg_config, os.path.join(workdir, "segmenter"),
-                      tasks.SegmenterTask(seg_config, workdir))
+    seg_task = tasks.SegmenterTask(seg_config, workdir)
+    seg_state = stage(seg_config, os.path.join(workdir, "segmenter"), seg_task)
     seg_export = export(os.path.join(workdir, "segmenter", "export"), seg_config,
-                        {"segmenter": seg_state.params})
+                        seg_task.export_params(seg_state.params))
     tracker_config = _stage_config(config, "tracker")
     tracker_config.init_checkpoint = seg_export
     tracker_config.init_tracker = False
@@ -517,7 +517,7 @@ def _run_training(config, workdir, progress, stop: _StopSignals) -> str:
   task = tasks.build_task(config, workdir)
   state = stage(config, workdir, task)
   if task_name == "segmenter":
-    params = {"segmenter": state.params}
+    params = task.export_params(state.params)
   elif task_name == "refiner":   # the frozen online model as loaded, plus the trained refiner.
     frozen = task.init_params(jax.random.PRNGKey(config.seed))[1]
     params = {"segmenter": frozen["segmenter"], "tracker": frozen["tracker"], "refiner": state.params}

@@ -67,18 +67,35 @@ def overlay_frame(frame: np.ndarray, masks: np.ndarray, identities: Sequence[int
   if labels is not None and any(labels):
     image = Image.fromarray(out)
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    # Text about 1/30 of the frame height (Pillow's default 11 px on small frames).
+    font = ImageFont.load_default(size=max(11, frame.shape[0] // 30))
+    placed = []   # label boxes drawn so far: a later label moves down (or up) off them.
     for mask, identity, label in zip(masks, identities, labels):
       if not label or not mask.any():
         continue
       ys, xs = np.nonzero(mask)
-      x, y = int(xs.min()), int(ys.min())
-      left, top, right, bottom = draw.textbbox((x, y), label, font=font)
-      draw.rectangle((left - 1, top - 1, right + 1, bottom + 1),
-                     fill=tuple(int(c) for c in identity_colour(int(identity))))
-      draw.text((x, y), label, fill=(0, 0, 0), font=font)
+      left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+      box = _label_box(int(xs.min()), int(ys.min()), right - left + 2, bottom - top + 2, frame.shape[1],
+                       frame.shape[0], placed)
+      placed.append(box)
+      draw.rectangle(box, fill=tuple(int(c) for c in identity_colour(int(identity))))
+      draw.text((box[0] + 1 - left, box[1] + 1 - top), label, fill=(0, 0, 0), font=font)
     out = np.asarray(image)
   return out
+
+
+def _label_box(x: int, y: int, width: int, height: int, frame_width: int, frame_height: int, placed):
+  """(x0, y0, x1, y1) of a label of that size at the mask's top-left (x, y), moved inside the frame and
+  then down, else up, in steps of its height until it overlaps no box of `placed` (or no place is free)."""
+  x = min(max(x, 0), max(frame_width - width - 1, 0))
+  y = min(max(y, 0), max(frame_height - height - 1, 0))
+  overlaps = lambda y0: any(x < b[2] and b[0] < x + width and y0 < b[3] and b[1] < y0 + height
+                            for b in placed)
+  candidates = [y + k * (height + 1) for k in range(frame_height // (height + 1) + 1)]
+  candidates += [y - k * (height + 1) for k in range(1, frame_height // (height + 1) + 1)]
+  free = [c for c in candidates if 0 <= c <= frame_height - height - 1 and not overlaps(c)]
+  y = free[0] if free else y
+  return x, y, x + width, y + height
 
 
 def ffmpeg_available() -> bool:
@@ -120,6 +137,10 @@ class OverlayWriter:
     self._count = 0
     if self.kind == "video":
       import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+      # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (to keep Ctrl-C from it), which makes
+      # Python run fork handlers in this multithreaded (JAX) process: JAX then warns of a deadlock.
+      # Without preexec_fn, subprocess starts it with a plain fork + exec and no Python in between.
+      os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       self._writer = imageio.get_writer(path, fps=self.fps, macro_block_size=1)
     elif self.kind == "png":
@@ -166,12 +187,14 @@ def decode_frame_masks(instances: Sequence[dict], frame_index: int, height: int,
 
 def write_overlay(frames: Iterable[np.ndarray], instances: Sequence[dict], path: str,
                   fps: float = 10.0, labels: Optional[Sequence[Optional[str]]] = None,
-                  alpha: float = 0.5, progress: Optional[Callable[[int], None]] = None) -> str:
+                  alpha: float = 0.5, progress: Optional[Callable[[int], None]] = None,
+                  scale: int = 1) -> str:
   """Overlay video of `instances` (dicts with `segmentations` and `identity`) on `frames`.
 
   Instances are painted lowest score first, so the most confident one is on top. Returns the path
   actually written (see `OverlayWriter`). `progress(1)` is called after every frame (a long video
-  takes minutes).
+  takes minutes). `scale`: frames and masks enlarged that many times (nearest pixel) before drawing, so
+  that small frames are readable and their labels fit.
   """
   order = sorted(range(len(instances)), key=lambda i: instances[i].get("score", 0.0))
   ordered = [instances[i] for i in order]
@@ -180,6 +203,9 @@ def write_overlay(frames: Iterable[np.ndarray], instances: Sequence[dict], path:
   with OverlayWriter(path, fps) as writer:
     for t, frame in enumerate(frames):
       masks = decode_frame_masks(ordered, t, frame.shape[0], frame.shape[1])
+      if scale > 1:
+        frame = np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
+        masks = np.repeat(np.repeat(masks, scale, axis=1), scale, axis=2)
       writer.write(overlay_frame(frame, masks, identities, ordered_labels, alpha))
       if progress is not None:
         progress(1)

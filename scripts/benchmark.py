@@ -28,6 +28,10 @@ def main():
   if name not in names:
     print(f"unknown benchmark {name!r}; available: {', '.join(names)}", file=sys.stderr)
     return 2
+  import jax
+  device = jax.devices()[0]
+  print(f"backend {jax.default_backend()}, device {device.device_kind} ({device.platform}), "
+        f"{jax.device_count()} device(s); jax {jax.__version__}", flush=True)
   module = importlib.import_module(f"benchmarks.{name}")
   return module.main(sys.argv[2:]) or 0
 

@@ -5,10 +5,15 @@
 
 Input: a HuggingFace `Mask2FormerForUniversalSegmentation` state dict (needs --hf_config, the
 model's config.json) or a detectron2 layout checkpoint (Mask2Former / MinVIS / DVIS / LOMM:
-backbone.*, sem_seg_head.*, and for LOMM also tracker.*). File formats: see
+backbone.*, sem_seg_head.*, and for LOMM also tracker.*; CAVIS online / offline: tracker.* and the
+ReID head sem_seg_head.predictor.reid_embed.*, recognised as association method 'cavis'). File formats: see
 o2vis_jax/checkpoint_conversion/io.py. Output: `config.json` (configs/base.py with the converted
 model / tracker sections) and an orbax checkpoint `params/` holding {'segmenter': ...,
 'tracker': ...}; read both back with `o2vis_jax.checkpoint_conversion.load_converted(dir)`.
+The released checkpoint is recognised by its keys and named (Mask2Former COCO, MinVIS / LOMM, CAVIS, DVIS++,
+DVIS-DAQ; segmenter / online / offline; R50 / Swin-L / ViT-L: checkpoint_conversion/released.py). Parts of
+methods not built here (the DVIS++ tracker and refiner, the DVIS-DAQ refiner, segmenter-stage ReID heads)
+go to `unconverted.npz` (the authors' arrays under their key names) with `UNCONVERTED.txt` saying what they are.
 """
 
 import os
@@ -20,8 +25,9 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from o2vis_jax import checkpoint_conversion as cc, cli, config_validation  # noqa: E402
-from o2vis_jax.checkpoint_conversion import io  # noqa: E402
+from o2vis_jax.checkpoint_conversion import io, released  # noqa: E402
 from o2vis_jax.defaults import data as defaults_data  # noqa: E402
+from o2vis_jax.models import backbones  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "checkpoint file (.pkl, .pth, .bin, .safetensors, .npz)")
@@ -64,17 +70,27 @@ def main(argv):
   hf_config = cli.check_input_file(FLAGS.hf_config, "hf_config") if FLAGS.hf_config else None
   output_dir = check_output_dir(FLAGS.output_dir)
   try:
-    config, params = cc.convert_file(source, FLAGS.layout, hf_config, FLAGS.num_heads)
+    converted = released.convert_released(source, FLAGS.layout, hf_config, FLAGS.num_heads)
   except ValueError as e:   # ConversionError and the layout / HF config errors: all about --input
     if isinstance(e, cli.input_error_types()):
       raise
     raise cli.InputError(f"--input {source}: {e}") from e
+  config, params = converted.config, converted.params
   if FLAGS.dataset:
     config.data.dataset = FLAGS.dataset
   config_validation.validate(config)
   write_checkpoint(output_dir, config, params)
-  print(f"wrote {output_dir}: segmenter R{config.model.backbone.depth}, K={config.model.num_classes}, "
+  for line in converted.describe():
+    print(line)
+  kept = released.save_unconverted(output_dir, converted)   # parts of methods not built here, with a note
+  if kept:
+    print(f"wrote {kept} (see {released.UNCONVERTED_NOTE})")
+  print(f"wrote {output_dir}: segmenter {backbones.describe(config.model.backbone)}, K={config.model.num_classes}, "
         f"N={config.model.num_queries}; parts: {sorted(params)}")
+  if "tracker" in params:   # which association method the weights are (LOMM: o2vis; CAVIS: cavis; ...)
+    method = config.association.method
+    print(f"association method {method!r} (recorded as config.association.method): run it with "
+          f"python scripts/infer.py --checkpoint {output_dir}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ r"""O2VIS end to end on the built-in synthetic occlusion dataset, on a laptop CP
 
 Steps (each also available on its own, shown in brackets):
   1. generate a held-out synthetic split (objects enter late, leave and re-enter, hide behind occluders)
-     [python -m data.synthetic --out DIR --split valid --videos 20 --seed 20000 --size 96 --frames 24
-      --radius_range 0.15 0.25]   (size and radius range: the checkpoint config's data.synthetic_*)
+     [python -m data.synthetic --out DIR --split valid --videos 20 --seed 20000 --size 128 --frames 24
+      --radius_range 0.12 0.2 --appearance class]   (size, radius range and appearance: the checkpoint
+      config's data.synthetic_*)
   2. obtain a segmenter and trackers: the shipped checkpoint, or --train
      [python scripts/train.py --config configs/synthetic_tiny.py --workdir DIR]
   3. video inference with each association method of --methods (default: the full O2VIS and two Table 3(a)
@@ -15,21 +16,26 @@ Steps (each also available on its own, shown in brackets):
      [python scripts/infer.py --checkpoint CKPT --method NAME --dataset_json DIR/valid.json
       --frames_dir DIR/valid/JPEGImages]; when the checkpoint holds refiner weights, one more row, the
      offline refiner after the checkpoint's method (WORKDIR/results_o2vis_offline.json) [... --offline]
-  4. YouTube-VIS evaluation [python scripts/evaluate.py --gt DIR/valid.json --results RESULTS.json]
-  5. a table of AP / AP50 / AP75 / AR1 / AR10 per method, and an overlay video of one clip (first method)
-     with one colour per identity.
-Everything is written under --workdir.
+  4. YouTube-VIS evaluation and TrackEval's identity metrics
+     [python scripts/evaluate.py --gt DIR/valid.json --results RESULTS.json --tracking_metrics]
+  5. a table of AP / AP50 / AP75 / AR1 / AR10 / HOTA / AssA / IDF1 per method (x100; WORKDIR/demo_metrics.json
+     holds them as fractions, keyed by method name), and an overlay video of one clip (first method) with
+     one colour per identity, enlarged for display.
+Everything is written under --workdir. Library logging (orbax, TFDS) is quiet unless `-v 0` (or higher) is
+given.
 """
 
 import json
 import os
 import sys
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from o2vis_jax import association, cli  # noqa: E402  (association: the names --methods takes)
 
@@ -55,6 +61,8 @@ ROWS = {
     "o2vis_te_only": ("T_E only (IOM + OHM + T_E)", {}),
     "training_free": ("IOM + OHM, no trackers", dict(memory="iom", matching="ohm")),
     "minvis": ("no memory + Hungarian", {}),
+    "dvis_daq": ("DVIS-DAQ (dynamic anchor queries)", {}),
+    "cavis": ("CAVIS (context-aware ReID + CAIT)", {}),
 }
 DEFAULT_METHODS = ("o2vis", "training_free", "minvis")
 # The offline row (the temporal refiner after the checkpoint's online method, scripts/infer.py --offline):
@@ -69,7 +77,11 @@ _METHODS = flags.DEFINE_list(
 _REDUCED = flags.DEFINE_bool("reduced", False, "A quick run (3 videos of 12 frames) for smoke tests.")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Disable the progress bars.")
 
-METRICS = ("AP", "AP50", "AP75", "AR1", "AR10")
+# The demo's columns (demo_metrics.json: fractions; the table: x100): AP / AR of the YouTube-VIS protocol and
+# TrackEval's identity metrics (o2vis_jax/evaluation/tracking.py), which AP hides.
+METRICS = ("AP", "AP50", "AP75", "AR1", "AR10", "HOTA", "AssA", "IDF1")
+# The overlay is enlarged to about this many pixels a side (nearest pixel), so that labels fit.
+OVERLAY_DISPLAY_SIZE = 512
 
 
 @flags.validator("methods", message=f"--methods takes distinct names among {association.names()}")
@@ -84,7 +96,7 @@ def row_label(name: str) -> str:
 def method_config(config, name: str):
   """A copy of `config` running method `name` with the demo's overrides of its section."""
   config = association.with_method(config, name)
-  config[association.get(name).section_name].update(ROWS.get(name, (name, {}))[1])
+  association.base.section_of(config, association.get(name).section_name).update(ROWS.get(name, (name, {}))[1])
   return config
 
 
@@ -112,11 +124,11 @@ def offline_predictor(inference, config, params):
 
 
 def format_table(rows):
-  """rows: [(label, metrics dict of fractions)] -> a table in percent, as papers print it."""
-  width = max(len(label) for label, _ in rows)
+  """rows: [(name, label, metrics dict of fractions)] -> a table in percent, as papers print it."""
+  width = max(len(label) for _, label, _ in rows)
   lines = [f"{'method'.ljust(width)}  " + "  ".join(f"{m:>6}" for m in METRICS)]
   lines.append("-" * len(lines[0]))
-  for label, metrics in rows:
+  for _, label, metrics in rows:
     lines.append(f"{label.ljust(width)}  " + "  ".join(f"{100 * metrics[m]:6.1f}" for m in METRICS))
   return "\n".join(lines)
 
@@ -138,6 +150,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   start = time.time()
+  if not flags.FLAGS["verbosity"].present:   # -v N shows the libraries' INFO logs again.
+    logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)   # pycocotools on numpy 2, per mask
   from o2vis_jax.datasets import synthetic
   from o2vis_jax import evaluation, inference, visualize
   from o2vis_jax.checkpoint_conversion import load_converted
@@ -162,7 +177,8 @@ def main(argv):
   gt_json = synthetic.generate(data_dir, "valid", num_videos, seed=_SEED.value,
                                size=config.data.synthetic_size, num_frames=num_frames,
                                radius_range=tuple(config.data.get("synthetic_radius_range",
-                                                                  synthetic.RADIUS_RANGE)))
+                                                                  synthetic.RADIUS_RANGE)),
+                               appearance=config.data.get("synthetic_appearance", synthetic.APPEARANCES[0]))
   frames_dir = os.path.join(data_dir, "valid", "JPEGImages")
   with open(gt_json) as f:
     dataset = json.load(f)
@@ -176,7 +192,9 @@ def main(argv):
     results_path = os.path.join(workdir, f"results_{name}.json")
     results_lib.write_results(results_path, results)
     print(f"step 4/5: evaluating {results_path}")
-    rows.append((label, evaluation.evaluate(gt_json, results)))
+    metrics = evaluation.evaluate(gt_json, results)
+    metrics.update(evaluation.tracking_metrics(gt_json, results))
+    rows.append((name, label, metrics))
 
   for index, name in enumerate(_METHODS.value):
     predictor = inference.VideoPredictor.from_config(method_config(config, name), params)
@@ -189,8 +207,7 @@ def main(argv):
 
   table = format_table(rows)
   with open(os.path.join(workdir, "demo_metrics.json"), "w") as f:
-    json.dump({label: {m: metrics[m] for m in evaluation.METRIC_NAMES} for label, metrics in rows}, f,
-              indent=1)
+    json.dump({name: {m: metrics[m] for m in METRICS} for name, _, metrics in rows}, f, indent=1)
 
   video, frame_source = next(inference.dataset_videos(dataset, frames_dir))
   prediction = first_predictor.predict_video(frame_source)
@@ -201,12 +218,15 @@ def main(argv):
             for inst in instances]
   keep = [i for i, inst in enumerate(instances) if inst["score"] >= 0.3] or [0]
   overlay_path = os.path.join(workdir, "overlay.mp4" if visualize.ffmpeg_available() else "overlay.gif")
+  scale = max(1, round(OVERLAY_DISPLAY_SIZE / max(video["height"], video["width"])))
   written = visualize.write_overlay(iter(frame_source), [instances[i] for i in keep], overlay_path, fps=6,
-                                    labels=[labels[i] for i in keep])
+                                    labels=[labels[i] for i in keep], scale=scale)
   print(f"step 5/5: overlay of video {video['id']} by {row_label(_METHODS.value[0])} ({len(keep)} "
         f"instances with score >= 0.3, one colour per identity): {written}")
   print()
-  print(f"YouTube-VIS metrics (x100) on {num_videos} held-out synthetic videos of {num_frames} frames:")
+  print(f"YouTube-VIS AP / AR and TrackEval HOTA / AssA / IDF1 (tracks with score >= "
+        f"{evaluation.DEFAULT_SCORE_THRESHOLD}), x100, on {num_videos} held-out synthetic videos of "
+        f"{num_frames} frames:")
   print(table)
   print(f"\nwall time {time.time() - start:.0f} s; metrics in {workdir}/demo_metrics.json")
 

@@ -9,6 +9,8 @@ undefined), plus AP_light/medium/heavy and AR_light/medium/heavy for OVIS and pe
 `--zip` writes the archive the servers accept (results.json at its root); with `--gt` the results
 are validated first. `--class_agnostic` scores with all categories merged into one (a diagnostic of
 segmentation + tracking without classification; o2vis_jax/evaluation/class_agnostic.py).
+`--tracking_metrics` adds the identity metrics HOTA, DetA, AssA and IDF1, computed by TrackEval
+(o2vis_jax/evaluation/tracking.py) on the tracks scoring at least `--tracking_score_threshold`.
 """
 
 import json
@@ -33,6 +35,13 @@ flags.DEFINE_alias("json-out", "json_out")
 _CLASS_AGNOSTIC = flags.DEFINE_bool(
     "class_agnostic", False, "Merge all categories into one before scoring (a track listed with several "
     "categories counts once, at its best score). A diagnostic, not the official protocol.")
+_TRACKING = flags.DEFINE_bool(
+    "tracking_metrics", False, "Also compute HOTA, DetA, AssA and IDF1 with TrackEval (identity metrics: "
+    "AP barely sees identity switches); in the table and in --json_out.")
+_TRACKING_THRESHOLD = flags.DEFINE_float(
+    "tracking_score_threshold", evaluation.DEFAULT_SCORE_THRESHOLD, "With --tracking_metrics: the results "
+    "that count as the tracker's output (score >= this); the rest of the top-k list is left out.",
+    lower_bound=0.0)
 _ZIP = flags.DEFINE_string(
     "zip", None, "Write the results as a server submission archive (results.json at its root) "
     "to this path.")
@@ -41,7 +50,8 @@ _ZIP = flags.DEFINE_string(
 def format_table(metrics: dict) -> str:
   """Metrics (fractions) -> a two-line table x100; undefined (-1) shown as '-'."""
   names = list(evaluation.METRIC_NAMES) + [
-      name for name in evaluation.OCCLUSION_METRIC_NAMES if name in metrics]
+      name for name in evaluation.OCCLUSION_METRIC_NAMES + evaluation.TRACKING_METRIC_NAMES
+      if name in metrics]
   cells = ["-" if metrics[name] == -1 else f"{100 * metrics[name]:.1f}" for name in names]
   widths = [max(len(n), len(c)) for n, c in zip(names, cells)]
   header = "  ".join(n.rjust(w) for n, w in zip(names, widths))
@@ -80,6 +90,8 @@ def main(argv):
     if _CLASS_AGNOSTIC.value:
       gt, results = evaluation.class_agnostic(gt, results)
     metrics = evaluation.evaluate(gt, results)
+    if _TRACKING.value:
+      metrics.update(evaluation.tracking_metrics(gt, results, _TRACKING_THRESHOLD.value))
   results = evaluation.read_results_file(inputs["results"]) if "zip" in outputs else None
   if metrics is not None:
     print(format_table(metrics))

@@ -37,7 +37,7 @@ def _error_line(process) -> str:
     ("--config.tracker.matcher=gpu", "error: config.tracker.matcher must be one of ('host', 'device'), "
                                      "got 'gpu'"),
     ("--config.data.synthetic_radius_range=0.2", "error: config.data.synthetic_radius_range=(0.2,) must "
-                                                 "have 2 entries like the default (0.1, 0.18)"),
+                                                 "have 2 entries like the default (0.12, 0.2)"),
 ], ids=["misspelt", "matcher", "radius_range"])
 def test_train_rejects_a_bad_config_before_anything_runs(tmp_path, override, says):
   workdir = tmp_path / "run"

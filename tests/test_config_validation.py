@@ -92,7 +92,7 @@ def test_missing_fields_and_sections_are_allowed():
     ("train.task", "trackr", "config.train.task must be one of ('tracker', 'segmenter', "
                              "'segmenter+tracker', 'refiner'), got 'trackr'"),
     ("data.dataset", "ytvis2019", "config.data.dataset must be one of"),
-    ("model.backbone.depth", 51, "config.model.backbone.depth must be one of (18, 34, 50, 101), got 51"),
+    ("model.backbone.depth", 51, "config.model.backbone.depth must be one of (0, 18, 34, 50, 101), got 51"),
     ("model.backbone.norm", "batch_norm", "config.model.backbone.norm must be one of ('frozen_bn', "
                                           "'group_norm')"),
     ("model.dtype", "float16", "config.model.dtype must be one of ('float32', 'bfloat16', 'float64')"),

@@ -38,7 +38,7 @@ def _options(config):
   """(the method's name, its resolved switches): o2vis / o2vis_te_only `Options`, training_free
   (memory, use_ohm, matcher)."""
   method = association.method_of(config)
-  resolve = getattr(method, "options", None) or getattr(method, "resolved")
+  resolve = getattr(method, "options", None) or getattr(method, "resolved", None) or method.section
   return method.name, resolve(config)
 
 

@@ -1,14 +1,16 @@
 """The README's main command in a reduced mode: scripts/demo.py --reduced with the shipped checkpoint
-(assets/synthetic_tiny) prints its table, and its numbers are what the evaluator gives on its results."""
+(assets/synthetic_tiny) prints its table, and its numbers are what the evaluator gives on its results;
+the overlay's labels stay inside the frame and off each other."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from o2vis_jax import evaluation
+from o2vis_jax import evaluation, visualize
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,21 +29,30 @@ def test_demo_reduced(tmp_path):
   out = _run_demo(tmp_path, "--reduced")
   lines = out.stdout.splitlines()
   header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-  assert lines[header].split()[1:] == ["AP", "AP50", "AP75", "AR1", "AR10"]
+  assert lines[header].split()[1:] == ["AP", "AP50", "AP75", "AR1", "AR10", "HOTA", "AssA", "IDF1"]
   rows = lines[header + 2:header + 5]
   assert [r.split("  ")[0].strip() for r in rows] == [
       "O2VIS (IOM + OHM + T_E + T_A)", "IOM + OHM, no trackers", "no memory + Hungarian"]
   with open(tmp_path / "demo_metrics.json") as f:
     metrics = json.load(f)
-  # The printed and saved figures are the evaluator's on the written results files.
+  # Keyed by registry names; o2vis_offline where the checkpoint holds a refiner.
+  assert list(metrics)[:3] == ["o2vis", "training_free", "minvis"]
+  assert set(list(metrics)[3:]) <= {"o2vis_offline"}
+  # The printed and saved figures are the evaluators' on the written results files.
   gt = str(tmp_path / "data" / "valid.json")
   for label, name in (("O2VIS (IOM + OHM + T_E + T_A)", "o2vis"), ("no memory + Hungarian", "minvis")):
-    again = evaluation.evaluate(gt, str(tmp_path / f"results_{name}.json"))
-    for key in ("AP", "AP50", "AR10"):
-      assert metrics[label][key] == pytest.approx(again[key], abs=1e-12)
-      assert 0.0 <= metrics[label][key] <= 1.0
+    results = str(tmp_path / f"results_{name}.json")
+    again = evaluation.evaluate(gt, results)
+    again.update(evaluation.tracking_metrics(gt, results))
+    assert sorted(metrics[name]) == sorted(["AP", "AP50", "AP75", "AR1", "AR10", "HOTA", "AssA", "IDF1"])
+    for key in ("AP", "AP50", "AR10", "HOTA", "AssA", "IDF1"):
+      assert metrics[name][key] == pytest.approx(again[key], abs=1e-12)
+      assert 0.0 <= metrics[name][key] <= 1.0
     row = next(r for r in rows if r.startswith(label))
-    assert float(row[len(label):].split()[0]) == pytest.approx(100 * metrics[label]["AP"], abs=0.051)
+    assert float(row[len(label):].split()[0]) == pytest.approx(100 * metrics[name]["AP"], abs=0.051)
+    assert float(row[len(label):].split()[5]) == pytest.approx(100 * metrics[name]["HOTA"], abs=0.051)
+  # Quiet by default: no orbax INFO lines, no JAX fork warning (ffmpeg is started without preexec_fn).
+  assert "orbax" not in out.stderr and "os.fork()" not in out.stderr, out.stderr[-2000:]
   overlays = [p for p in os.listdir(tmp_path) if p.startswith("overlay")]
   assert overlays and os.path.getsize(tmp_path / overlays[0]) > 0
 
@@ -52,8 +63,28 @@ def test_demo_default_split_o2vis_ahead_of_no_memory_baseline(tmp_path):
   _run_demo(tmp_path)
   with open(tmp_path / "demo_metrics.json") as f:
     metrics = json.load(f)
-  o2vis, no_memory = metrics["O2VIS (IOM + OHM + T_E + T_A)"], metrics["no memory + Hungarian"]
+  o2vis, no_memory = metrics["o2vis"], metrics["minvis"]
   assert o2vis["AP"] > no_memory["AP"], (o2vis, no_memory)
   assert o2vis["AR10"] > no_memory["AR10"], (o2vis, no_memory)
   with open(tmp_path / "data" / "valid.json") as f:
     assert len(json.load(f)["videos"]) == 20
+
+
+def test_overlay_labels_inside_the_frame_and_apart():
+  # Three masks with the same top-left corner, one at the right edge: their labels are drawn inside the
+  # 40 x 64 frame and do not overlap (each later one moves below the earlier ones).
+  frame = np.zeros((40, 64, 3), np.uint8)
+  masks = np.zeros((3, 40, 64), bool)
+  masks[0, 2:20, 2:20] = masks[1, 2:12, 2:12] = True
+  masks[2, 0:10, 58:64] = True
+  placed = []
+  for mask in masks:
+    ys, xs = np.nonzero(mask)
+    placed.append(visualize._label_box(int(xs.min()), int(ys.min()), 30, 9, 64, 40, placed))
+  for x0, y0, x1, y1 in placed:
+    assert 0 <= x0 and x1 < 64 and 0 <= y0 and y1 < 40, placed
+  for i, a in enumerate(placed):
+    for b in placed[i + 1:]:
+      assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+  drawn = visualize.overlay_frame(frame, masks, [0, 1, 2], labels=["circle #0", "star #1", "ring #2"])
+  assert drawn.shape == frame.shape and (drawn[:, 34:58] > 0).any()   # the edge label moved left.

@@ -60,10 +60,11 @@ def run(config, params, args, train):
   return jax.jit(lambda p, *a: refiner.refine(config, p, *a, train=train))(params, *args)
 
 
-def converted(reference, attention_block=None, frame_chunk=None):
+def converted(reference, attention_block=None, frame_chunk=None, slot_chunk=None):
   config, params = cc.refiner_from_reference(state_dict(reference), HEADS)
   config.refiner.attention_block = attention_block
   config.refiner.frame_chunk = frame_chunk
+  config.refiner.slot_chunk = slot_chunk
   return config, params
 
 
@@ -83,11 +84,12 @@ def test_matches_authors_module_in_training_mode(x64, reference, t):
     assert_close(aux["pred_masks"], masks, 1e-6, f"T={t} layer {layer} masks")
 
 
-@pytest.mark.parametrize("frame_chunk", [None, 6])
-def test_blockwise_refiner_matches_authors_module(x64, reference, frame_chunk):
+@pytest.mark.parametrize("frame_chunk,slot_chunk", [(None, None), (6, 3)])
+def test_blockwise_refiner_matches_authors_module(x64, reference, frame_chunk, slot_chunk):
   # 40 frames in blocks of 16: the last block holds 8 real frames and 8 masked ones; per-frame steps in
-  # chunks of 6 frames: the last chunk holds 4 real frames and 2 zero frames.
-  config, params = converted(reference, attention_block=16, frame_chunk=frame_chunk)
+  # chunks of 6 frames: the last chunk holds 4 real frames and 2 zero frames; the temporal steps for 3
+  # slots at a time (N = 4: one real and two zero slots in the last chunk).
+  config, params = converted(reference, attention_block=16, frame_chunk=frame_chunk, slot_chunk=slot_chunk)
   out = run(config, params, inputs(reference, 40), train=True)
   for layer, layer_out in enumerate(out["aux_outputs"] + [out]):
     prefix = "" if layer == LAYERS - 1 else f"aux{layer}/"
@@ -97,16 +99,18 @@ def test_blockwise_refiner_matches_authors_module(x64, reference, frame_chunk):
 
 
 def test_frame_chunks_equal_all_frames_at_once(x64, reference):
-  """run_layers with the per-frame steps in chunks (a divisor of T, a non-divisor, one longer than T)
-  equals layer_outputs over every frame at once, to float64 round-off."""
+  """run_layers with the per-frame steps in chunks of frames (a divisor of T, a non-divisor, one longer
+  than T) and the temporal steps in chunks of slots equals layer_outputs over everything at once, to
+  float64 round-off."""
   config, params = converted(reference)
   instance_embeds, frame_embeds, _ = inputs(reference, 40)
   model = refiner.build(config, **refiner.sizes_of(params))
   want = model.apply({"params": params}, instance_embeds, frame_embeds,
                      method=refiner_model.TemporalRefiner.layer_outputs)
-  for chunk in (8, 7, 64):
-    got = refiner_model.run_layers(model, params, instance_embeds, frame_embeds, frame_chunk=chunk)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, err_msg=f"frame_chunk={chunk}")
+  for chunk, slots in ((8, None), (7, 1), (64, 3), (None, 2)):
+    got = refiner_model.run_layers(model, params, instance_embeds, frame_embeds, frame_chunk=chunk,
+                                   slot_chunk=slots)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, err_msg=f"frame_chunk={chunk} slots={slots}")
   last = refiner_model.run_layers(model, params, instance_embeds, frame_embeds, frame_chunk=7, last_only=True)
   np.testing.assert_allclose(last, want[-1:], rtol=0, atol=1e-12, err_msg="last_only")
 
@@ -243,6 +247,10 @@ def test_validate_names_the_field():
   with pytest.raises(config_validation.ConfigError, match="config.refiner.frame_chunk"):
     refiner.validate(section)
   section.frame_chunk = None
+  section.slot_chunk = -1
+  with pytest.raises(config_validation.ConfigError, match="config.refiner.slot_chunk"):
+    refiner.validate(section)
+  section.slot_chunk = None
   section.attention_block = 0
   with pytest.raises(config_validation.ConfigError, match="config.refiner.attention_block"):
     refiner.validate(section)

@@ -135,3 +135,35 @@ def test_radius_range_sets_the_object_size(tmp_path):
   with pytest.raises(ValueError, match="radius_range"):
     synthetic.generate(str(tmp_path / "bad"), "train", 1, seed=0, size=32, num_frames=2,
                        radius_range=(0.3, 0.1))
+
+
+def test_class_appearance_colour_family(tmp_path):
+  # appearance='class': every visible object's median hue lies in its class's hue band (centre +- 15 deg,
+  # plus JPEG and texture slack); 'random' draws colours regardless of the class.
+  import colorsys
+  from PIL import Image
+
+  def hue_errors(appearance):
+    out = tmp_path / appearance
+    data = json.load(open(synthetic.generate(str(out), "train", 6, seed=4, size=64, num_frames=4,
+                                             appearance=appearance)))
+    names = {v["id"]: v["file_names"] for v in data["videos"]}
+    errors = []
+    for ann in data["annotations"]:
+      t = next(t for t, s in enumerate(ann["segmentations"]) if s is not None)
+      mask = rle.decode_mask(ann["segmentations"][t])
+      if mask.sum() < 30:
+        continue
+      image = np.asarray(Image.open(out / "train" / "JPEGImages" / names[ann["video_id"]][t]), np.float64)
+      pixels = image[mask] / 255.0
+      hues = np.array([colorsys.rgb_to_hsv(*p)[0] * 360 for p in pixels[pixels.max(-1) > 0.2]])
+      centre = synthetic.CLASS_HUES[ann["category_id"] - 1]
+      errors.append(np.median(np.abs((hues - centre + 180) % 360 - 180)))
+    return np.array(errors)
+
+  class_errors, random_errors = hue_errors("class"), hue_errors("random")
+  assert len(class_errors) >= 8 and class_errors.max() < 30, class_errors
+  assert np.median(random_errors) > 30, random_errors
+  with pytest.raises(ValueError, match="appearance"):
+    synthetic.generate(str(tmp_path / "bad"), "train", 1, seed=0, size=32, num_frames=2, appearance="x")
+

@@ -25,6 +25,8 @@ from o2vis_jax.association import o2vis  # noqa: E402,F401
 from o2vis_jax.association import o2vis_te_only  # noqa: E402,F401
 from o2vis_jax.association import training_free  # noqa: E402,F401
 from o2vis_jax.association import minvis  # noqa: E402,F401
+from o2vis_jax.association import cavis  # noqa: E402,F401
+from o2vis_jax.association import dvis_daq  # noqa: E402,F401
 
 __all__ = [
     "Method", "STANDARD_INPUTS", "register", "unregister", "get", "names", "method_name", "method_of",

@@ -35,7 +35,8 @@ class Method(abc.ABC):
   Class attributes:
     name: the registry name (`config.association.method`).
     description: one line for `--help` listings (scripts/infer.py, scripts/demo.py).
-    config_key: the section of the experiment config the method reads (default: `name`).
+    config_key: the section of the experiment config the method reads (default: `name`); a dotted path
+      such as 'association.cavis' puts it inside another section (`section_of` / `set_section`).
     required_inputs: the frame keys `step` reads (besides `valid`, which only the driver reads).
     phases: the training phases, static strings; `step` receives `phase=` only when there are several.
     score_inputs: the per-frame outputs that video-level scoring reads (they leave the device per chunk).
@@ -46,6 +47,12 @@ class Method(abc.ABC):
   required_inputs: Tuple[str, ...] = ("embeds",)
   phases: Tuple[str, ...] = ("main",)
   score_inputs: Tuple[str, ...] = ("pred_logits",)
+  # Top-level parameter subtrees the method's own training keeps fixed (the optimiser's frozen mask),
+  # e.g. CAVIS's ReID head, which the segmenter stage trains and the tracker stage only runs.
+  frozen_in_training: Tuple[str, ...] = ()
+  # Top-level parameter subtrees that the SEGMENTER stage trains together with the segmenter, through
+  # `segmenter_loss` (CAVIS's ReID head); the tracker stage starts them from its init checkpoint.
+  segmenter_stage_params: Tuple[str, ...] = ()
 
   # --- configuration -----------------------------------------------------------------------------
 
@@ -63,7 +70,7 @@ class Method(abc.ABC):
 
   def section(self, config) -> ml_collections.ConfigDict:
     """`config[config_key]`, or the defaults when the config has no such section."""
-    section = config.get(self.section_name) if hasattr(config, "get") else None
+    section = section_of(config, self.section_name)
     return section if section is not None else self.default_config()
 
   def validate_section(self, section, config) -> None:
@@ -132,11 +139,42 @@ class Method(abc.ABC):
     del config, step
     return self.phases[-1]
 
+  def params_from_segmenter(self, config, params, segmenter_params):
+    """Fresh parameters of the method completed from the (frozen) segmenter's, before tracker training
+    (DVIS-DAQ: the segmenter's learned queries, which its slot branch reads). Default: unchanged."""
+    del config, segmenter_params
+    return params
+
+  def training_inputs(self, config, targets, keys: jax.Array) -> Dict[str, jax.Array]:
+    """Extra per-frame inputs [B, T, ...] of a training step that reads the ground truth inside the
+    recurrence (DVIS-DAQ: which queries become tracks depends on the matching), from the batched
+    `losses.VideoTargets` and the videos' keys [B]. Default: none (the loss alone sees the targets)."""
+    del config, targets, keys
+    return {}
+
   def loss(self, config, key: jax.Array, outputs: Dict[str, jax.Array], targets, num_masks: jax.Array,
            *, phase: str) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """The loss of one video: `outputs` are the driver's per-frame outputs with `train=True` [T, ...],
     `targets` a `losses.VideoTargets`, `num_masks` the global normaliser -> (total, {term: value})."""
     raise NotImplementedError(f"association method {self.name!r} has no loss: it is training-free")
+
+  # --- the segmenter stage (config.train.task='segmenter') ------------------------------------------
+
+  def segmenter_targets(self, config, targets):
+    """The targets of the segmenter's per-frame set loss, from one video's `losses.VideoTargets`.
+    Default: the GTs present at each frame (SPEC 6)."""
+    del config
+    return targets
+
+  def segmenter_loss(self, config, key: jax.Array, params, frames: Dict[str, jax.Array], targets,
+                     query_of_gt: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """Terms the method adds to the segmenter stage's loss of one video -> (weighted total, {term:
+    value}). `params`: the method's parameters (gradients reach `segmenter_stage_params`); `frames`: the
+    segmenter's outputs [T, ...] under the standard input names (with gradient); `targets`: the video's
+    `losses.VideoTargets`; `query_of_gt` [T, G]: the last layer's per-frame assignment (on
+    `segmenter_targets`). Default: nothing."""
+    del config, key, params, frames, targets, query_of_gt
+    return jnp.zeros((), jnp.float32), {}
 
   # --- video-level scoring (streaming: per-chunk accumulation, constant memory) --------------------
 
@@ -173,9 +211,24 @@ class Method(abc.ABC):
       return None
     return accumulator["logit_sum"] / accumulator["count"]
 
+  def release(self, config, state, accumulator: Dict[str, Any]) -> Tuple[Any, Dict[str, Any], List[int]]:
+    """Streaming inference calls this between chunks: a method whose slots can finish (a sequence that
+    died) moves their scores out of the slots and frees them -> (state, accumulator, freed slots); the
+    caller moves those slots' masks likewise (released entries come first, in the order returned, then
+    the slots). Default: nothing is ever released."""
+    del config
+    return state, accumulator, []
+
   # --- weight conversion -------------------------------------------------------------------------
 
   checkpoint_prefixes: Tuple[str, ...] = ()
+  # Keys of another part (the segmenter) that the converter also reads; they stay with their owner too.
+  shared_checkpoint_keys: Tuple[str, ...] = ()
+
+  def claims(self, state_dict: Dict[str, Any]) -> bool:
+    """Whether a checkpoint's keys are this method's (when several methods share a prefix, e.g.
+    'tracker.', each tells its own by a key only it has). Default: a key under `checkpoint_prefixes`."""
+    return any(k.startswith(p) for k in state_dict for p in self.checkpoint_prefixes)
 
   def from_reference(self, state_dict: Dict[str, Any], num_heads: int) -> Tuple[ml_collections.ConfigDict,
                                                                                 Any]:
@@ -278,9 +331,30 @@ def with_method(config: ml_collections.ConfigDict, name: str) -> ml_collections.
     if "association" not in config:
       config.association = association_config(name)
     config.association.method = name
-    if method.section_name not in config:
-      config[method.section_name] = method.default_config()
+    if section_of(config, method.section_name) is None:
+      set_section(config, method.section_name, method.default_config())
   return config
+
+
+def section_of(config, path: str):
+  """The section at `path` ('tracker', or dotted: 'association.cavis'), None when absent."""
+  for name in path.split("."):
+    if not hasattr(config, "get"):
+      return None
+    config = config.get(name)
+    if config is None:
+      return None
+  return config
+
+
+def set_section(config, path: str, value) -> None:
+  """Sets the section at `path` (dotted paths create missing parent sections)."""
+  *parents, last = path.split(".")
+  for name in parents:
+    if config.get(name) is None:
+      config[name] = ml_collections.ConfigDict()
+    config = config[name]
+  config[last] = value
 
 
 def required(method: Method, frame_keys: Sequence[str]) -> None:

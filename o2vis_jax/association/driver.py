@@ -7,6 +7,11 @@
   chunks run any video length with one compilation and no method has to think about padding.
 - An optional leading batch axis of videos ([B, T, ...]) is `vmap`ped here.
 - `video_instances(config, outputs, max_num)`: the method's video-level scoring over whole outputs.
+
+Compile once: `run_chunk` and `track` run one jitted scan per (method, config, train, phase), cached
+under a hashable key of the config's values (`o2vis_jax.compile_cache`); jax.jit compiles it once per
+input shapes and dtypes. A second call with an equal config (the same object or a copy) reuses the
+compiled program; `trace_count()` counts the traces (a test holds it at one per shape).
 """
 
 from typing import Any, Dict, List, Optional
@@ -15,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from o2vis_jax import compile_cache
 from o2vis_jax.association import base
 
 # Inputs `track` casts to the state dtype (e_t, as before the seam); the rest keep their producer's dtype.
@@ -26,8 +32,6 @@ def _keep_if_padded(valid, new_state, state):
 
 
 def _step_fn(method: base.Method, config, params, train: bool, phase: Optional[str]):
-  if phase is not None and phase not in method.phases:
-    raise ValueError(f"association method {method.name!r}: phase {phase!r} is not one of {method.phases}")
   # A method with several phases takes `phase=` (None: the method's own default, e.g. from its config).
   kwargs = {"phase": phase} if len(method.phases) > 1 else {}
 
@@ -79,10 +83,9 @@ def run_chunk(config, params, state, frames: Dict[str, Any], *, train: bool = Fa
     if jnp.shape(value)[:len(leading)] != leading:
       raise ValueError(f"association: frames[{name!r}] has shape {jnp.shape(value)}, expected leading "
                        f"axes {leading} like frames['valid']")
-  scan = lambda s, f: jax.lax.scan(_step_fn(method, config, params, train, phase), s, f)
-  if valid.ndim == 2:
-    scan = jax.vmap(scan)
-  return scan(state, frames)
+  if phase is not None and phase not in method.phases:
+    raise ValueError(f"association method {method.name!r}: phase {phase!r} is not one of {method.phases}")
+  return _compiled_scan(method, config, train, phase)(params, state, frames)
 
 
 def track(config, params, frames: Dict[str, Any], *, train: bool = False,
@@ -134,3 +137,25 @@ def video_instances(config, outputs: Dict[str, Any], max_num: Optional[int] = No
     inference = config.get("inference") if hasattr(config, "get") else None
     max_num = method.max_num(config, inference.max_num if inference is not None else 10)
   return method.score_instances(config, accumulator, max_num)
+
+
+def trace_count() -> int:
+  """How many times the compiled scans of `run_chunk` / `track` have been traced (once per method,
+  config value, train, phase, input shapes and dtypes; a retrace is a recompilation)."""
+  return compile_cache.trace_count(_NAME)
+
+
+_NAME = "association.run_chunk"
+
+
+def _build_scan(config, method: base.Method, train: bool, phase: Optional[str]):
+  def scan_frames(params, state, frames):
+    body = lambda s, f: jax.lax.scan(_step_fn(method, config, params, train, phase), s, f)
+    if frames["valid"].ndim == 2:
+      body = jax.vmap(body)
+    return body(state, frames)
+  return scan_frames
+
+
+def _compiled_scan(method: base.Method, config, train: bool, phase: Optional[str]):
+  return compile_cache.cached_jit(_NAME, config, _build_scan, method, bool(train), phase)

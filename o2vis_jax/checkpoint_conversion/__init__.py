@@ -2,6 +2,10 @@
 
 * `load_state_dict(path)`: .safetensors / .pkl (restricted unpickler) / .npz / .pth .bin -> {key: array}.
 * `segmenter_from_hf(state_dict, hf_config)`, `segmenter_from_detectron2(state_dict)`: the segmenter.
+* `backbone_from_detectron2(state_dict, config)`: a backbone alone (`backbone.*` keys) -> (backbone_config,
+  params) for `models.build_backbone`: the ViT-Adapters (DINOv2 ViT-L, LOMM's SAM ViT-H), ResNet, Swin.
+* `backbone_from_hf(state_dict, hf_backbone_config)`: a transformers ResNetBackbone / SwinBackbone (any
+  ResNet shape, Swin v1) -> (backbone_config, params) (`resnet_swin.py`).
 * `association_from_reference(method, state_dict, num_heads)`: an association method's weights (each
   method converts its own, `association/<method>/convert.py`); `tracker_from_reference` (the LOMM
   tracker, `tracker.*` keys) and `te_only_from_reference` (`tracker_E.*`) are its O2VIS cases.
@@ -14,14 +18,15 @@
 The association method's params sit under the key 'tracker' of the params tree (whatever the method).
 """
 
-import json
 from typing import Optional
 
+from o2vis_jax.checkpoint_conversion.backbones import backbone_from_detectron2
 from o2vis_jax.checkpoint_conversion.errors import ConversionError
 from o2vis_jax.checkpoint_conversion.io import (CheckpointError, RestrictedUnpickler, UnsafePickleError,
                                                 load_converted, load_pickle, load_state_dict,
                                                 read_converted_config, save_converted, upgrade_config)
 from o2vis_jax.checkpoint_conversion.refiner import refiner_from_reference
+from o2vis_jax.checkpoint_conversion.resnet_swin import backbone_from_hf
 from o2vis_jax.checkpoint_conversion.segmenter import (detect_layout, segmenter_from_detectron2,
                                                        segmenter_from_hf)
 
@@ -47,12 +52,17 @@ def te_only_from_reference(state_dict, num_heads: int):
 def _method_keys(path: str, state_dict):
   """(method name, its keys) of the one association method whose prefixes the checkpoint holds."""
   from o2vis_jax import association
-  found = {}
+  found, specific = {}, set()
   for name in association.names():
-    prefixes = association.get(name).checkpoint_prefixes
-    keys = {k: v for k, v in state_dict.items() if any(k.startswith(p) for p in prefixes)}
-    if keys:
-      found[name] = keys
+    method = association.get(name)
+    if not method.claims(state_dict):
+      continue
+    found[name] = {k: v for k, v in state_dict.items()
+                   if any(k.startswith(p) for p in method.checkpoint_prefixes) or k in method.shared_checkpoint_keys}
+    if type(method).claims is not association.Method.claims:
+      specific.add(name)
+  if specific:   # a method that tells its files by their keys wins over prefix-only claims ('tracker.')
+    found = {name: keys for name, keys in found.items() if name in specific}
   if len(found) > 1:
     raise ConversionError(f"{path}: holds the weights of several association methods: "
                           f"{ {n: association.get(n).checkpoint_prefixes for n in found} }")
@@ -67,49 +77,18 @@ def convert_file(path: str, layout: str = "auto", hf_config_path: Optional[str] 
 
   The keys under a registered method's `checkpoint_prefixes` go to that method's converter, the `refiner.*`
   keys to `refiner_from_reference`; the rest is the segmenter in the HF layout (needs `hf_config_path`,
-  the model's config.json) or detectron2 layout.
+  the model's config.json) or detectron2 layout (ResNet, Swin or ViT-Adapter backbone). Parts of methods not
+  built here (DVIS++ tracker / refiner, DVIS-DAQ refiner, segmenter-stage ReID heads) are left out of the
+  params: `released.convert_released(path, ...)` returns them too, with what the file is
+  (scripts/convert_checkpoint.py writes them to unconverted.npz).
   """
-  from o2vis_jax import association, defaults
-  from o2vis_jax.checkpoint_conversion import refiner as refiner_conversion
-  state_dict = load_state_dict(path)
-  method, method_keys = _method_keys(path, state_dict)
-  refiner_keys = {k: v for k, v in state_dict.items() if k.startswith(refiner_conversion.PREFIX)}
-  segmenter_keys = {k: v for k, v in state_dict.items() if k not in method_keys and k not in refiner_keys}
-  layout = detect_layout(segmenter_keys) if layout == "auto" else layout
-  config = defaults.base_config()
-  if layout == "hf":
-    if not hf_config_path:
-      raise ValueError(f"{path} is in the HF layout: its config.json is needed (--hf_config / hf_config_path)")
-    with open(hf_config_path) as f:
-      model_config, segmenter_params = segmenter_from_hf(segmenter_keys, json.load(f))
-  elif layout == "detectron2":
-    model_config, segmenter_params = segmenter_from_detectron2(segmenter_keys, num_heads=num_heads)
-  else:
-    raise ValueError(f"layout must be 'auto', 'hf' or 'detectron2', got {layout!r}")
-  config.model = model_config
-  params = {"segmenter": segmenter_params}
-  if method is not None:
-    method_config, method_params = association_from_reference(method, method_keys, num_heads)
-    for field in ("hidden_dim", "num_classes"):
-      if "model" in method_config and method_config.model[field] != model_config[field]:
-        raise ConversionError(f"{path}: the {method} weights have {field} {method_config.model[field]}, "
-                              f"the segmenter has {model_config[field]}")
-    config.association.method = method
-    section = association.get(method).section_name
-    config[section] = method_config[section]
-    params["tracker"] = method_params
-  if refiner_keys:
-    refiner_config, refiner_params = refiner_from_reference(refiner_keys, num_heads)
-    for field in ("hidden_dim", "num_classes"):
-      if refiner_config.model[field] != model_config[field]:
-        raise ConversionError(f"{path}: the refiner weights have {field} {refiner_config.model[field]}, "
-                              f"the segmenter has {model_config[field]}")
-    config.refiner = refiner_config.refiner
-    params["refiner"] = refiner_params
-  return config, params
+  from o2vis_jax.checkpoint_conversion import released
+  converted = released.convert_released(path, layout, hf_config_path, num_heads)
+  return converted.config, converted.params
 
 
 __all__ = [
+    "backbone_from_detectron2", "backbone_from_hf",
     "CheckpointError", "ConversionError", "association_from_reference", "read_converted_config", "convert_file", "RestrictedUnpickler",
     "UnsafePickleError", "detect_layout", "load_converted", "load_pickle", "load_state_dict", "refiner_from_reference",
     "save_converted", "segmenter_from_detectron2", "segmenter_from_hf", "te_only_from_reference",

@@ -1,123 +1,38 @@
 """Mask2Former segmenter weights: HuggingFace transformers and detectron2 layouts -> our params.
 
-Both layouts are read through one table per layout: for every leaf of our params tree, the source
-key and how its array is laid out (PyTorch conv [O, I, kh, kw] -> flax [kh, kw, I, O], Linear
-[O, I] -> [I, O], and the q / k / v row blocks of a fused `in_proj_weight`). Every source key must
-be used (a few bookkeeping keys excepted) and every target leaf found with the shape the model
-expects; otherwise the error lists the missing, unexpected and mis-shaped keys by name.
+Both layouts are read through one rule table per layout (`rules.py`): for every leaf of our params tree,
+the source key and how its array is laid out. Every source key must be used (a few bookkeeping keys
+excepted) and every target leaf found with the shape the model expects; otherwise the error lists the
+missing, unexpected and mis-shaped keys by name. The backbone's part of the table and of the config
+comes from its kind (`resnet_swin.py`: any ResNet, Swin v1).
 """
 
 import re
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from o2vis_jax.checkpoint_conversion import resnet_swin
+from o2vis_jax.checkpoint_conversion.errors import ConversionError  # noqa: F401  (re-exported)
+from o2vis_jax.checkpoint_conversion.rules import (IGNORED, TRANSFORMS, Rule, apply_rules,  # noqa: F401
+                                                   flat_shapes)
+from o2vis_jax.checkpoint_conversion.rules import conv as _conv_rule
+from o2vis_jax.checkpoint_conversion.rules import dense as _dense
+from o2vis_jax.checkpoint_conversion.rules import fused_attention as _fused_attention
+from o2vis_jax.checkpoint_conversion.rules import norm as _norm
 from o2vis_jax.defaults import segmenter as segmenter_config
 from o2vis_jax.models import build_segmenter
-from o2vis_jax.models.backbones.resnet import STAGE_BLOCKS, is_bottleneck
-
-# Keys that detectron2 / HF checkpoints carry but that are not network weights.
-IGNORED = (re.compile(r"(^|\.)num_batches_tracked$"), re.compile(r"^criterion\."),
-           re.compile(r"^pixel_(mean|std)$"), re.compile(r"^sem_seg_head\.predictor\.reid_embed\."))
 
 Array = np.ndarray
-# A rule: our params path -> (source key, transform name, extra).
-Rule = Tuple[str, str, Optional[int]]
-
-
-def _conv(w, _):
-  return np.transpose(w, (2, 3, 1, 0))
-
-
-def _linear(w, _):
-  return np.transpose(w, (1, 0))
-
-
-def _copy(w, _):
-  return w
-
-
-def _fused_weight(w, block):
-  rows = w.shape[0] // 3
-  return np.transpose(w[block * rows:(block + 1) * rows], (1, 0))
-
-
-def _fused_bias(b, block):
-  rows = b.shape[0] // 3
-  return b[block * rows:(block + 1) * rows]
-
-
-TRANSFORMS: Dict[str, Callable[[Array, Optional[int]], Array]] = dict(
-    conv=_conv, linear=_linear, copy=_copy, fused_weight=_fused_weight, fused_bias=_fused_bias)
-
-
-from o2vis_jax.checkpoint_conversion.errors import ConversionError  # noqa: E402  (re-exported)
 
 
 # ------------------------------------------------------------------------------------------- tables
-def _dense(rules, ours, theirs):
-  rules[f"{ours}/kernel"] = (f"{theirs}.weight", "linear", None)
-  rules[f"{ours}/bias"] = (f"{theirs}.bias", "copy", None)
-
-
-def _norm(rules, ours, theirs, frozen_bn=False):
-  if frozen_bn:
-    for leaf, key in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
-      rules[f"{ours}/{leaf}"] = (f"{theirs}.{key}", "copy", None)
-  else:
-    rules[f"{ours}/scale"] = (f"{theirs}.weight", "copy", None)
-    rules[f"{ours}/bias"] = (f"{theirs}.bias", "copy", None)
-
-
-def _conv_rule(rules, ours, theirs, bias=False):
-  rules[f"{ours}/kernel"] = (f"{theirs}.weight", "conv", None)
-  if bias:
-    rules[f"{ours}/bias"] = (f"{theirs}.bias", "copy", None)
-
-
-def _fused_attention(rules, ours, theirs):
-  for block, name in enumerate(("q_proj", "k_proj", "v_proj")):
-    rules[f"{ours}/{name}/kernel"] = (f"{theirs}.in_proj_weight", "fused_weight", block)
-    rules[f"{ours}/{name}/bias"] = (f"{theirs}.in_proj_bias", "fused_bias", block)
-  _dense(rules, f"{ours}/out_proj", f"{theirs}.out_proj")
-
-
 def _backbone_rules(m, layout) -> Dict[str, Rule]:
-  rules = {}
-  b = m.backbone
-  bottleneck = is_bottleneck(b.depth)
-  if layout == "hf":
-    root = "model.pixel_level_module.encoder"
-    _conv_rule(rules, "backbone/stem_conv1", f"{root}.embedder.embedder.convolution")
-    _norm(rules, "backbone/stem_norm1", f"{root}.embedder.embedder.normalization", frozen_bn=True)
-  else:
-    _conv_rule(rules, "backbone/stem_conv1", "backbone.stem.conv1")
-    _norm(rules, "backbone/stem_norm1", "backbone.stem.conv1.norm", frozen_bn=True)
-  convs = 3 if bottleneck else 2
-  for stage, blocks in enumerate(STAGE_BLOCKS[b.depth]):
-    for block in range(blocks):
-      ours = f"backbone/res{stage + 2}_{block}"
-      if layout == "hf":
-        theirs = f"{root}.encoder.stages.{stage}.layers.{block}"
-        conv_names = [f"{theirs}.layer.{i}.convolution" for i in range(convs)]
-        norm_names = [f"{theirs}.layer.{i}.normalization" for i in range(convs)]
-        shortcut, shortcut_norm = f"{theirs}.shortcut.convolution", f"{theirs}.shortcut.normalization"
-      else:
-        theirs = f"backbone.res{stage + 2}.{block}"
-        conv_names = [f"{theirs}.conv{i + 1}" for i in range(convs)]
-        norm_names = [f"{theirs}.conv{i + 1}.norm" for i in range(convs)]
-        shortcut, shortcut_norm = f"{theirs}.shortcut", f"{theirs}.shortcut.norm"
-      for i in range(convs):
-        _conv_rule(rules, f"{ours}/conv{i + 1}", conv_names[i])
-        _norm(rules, f"{ours}/norm{i + 1}", norm_names[i], frozen_bn=True)
-      # A projection shortcut where the shape changes: every first block, except res2 of basic blocks.
-      if block == 0 and (stage > 0 or bottleneck):
-        _conv_rule(rules, f"{ours}/shortcut", shortcut)
-        _norm(rules, f"{ours}/shortcut_norm", shortcut_norm, frozen_bn=True)
-  return rules
+  prefix = resnet_swin.HF_PREFIX if layout == "hf" else resnet_swin.D2_PREFIX
+  return resnet_swin.backbone_rules(m.backbone, layout, prefix)
 
 
 def _pixel_decoder_rules(m, layout) -> Dict[str, Rule]:
@@ -209,9 +124,6 @@ def conversion_rules(model_config: ml_collections.ConfigDict, layout: str) -> Di
   if layout not in ("hf", "detectron2"):
     raise ValueError(f"layout must be 'hf' or 'detectron2', got {layout!r}")
   m = model_config
-  if m.backbone.get("norm", "frozen_bn") != "frozen_bn":
-    raise ValueError(f"config.model.backbone.norm={m.backbone.norm!r}: reference checkpoints have a frozen "
-                     "BatchNorm backbone; convert with norm='frozen_bn'")
   levels = [l for l in range(3) if m.pixel_decoder.conv_dim != m.hidden_dim or
             m.transformer_decoder.enforce_input_projection]
   rules = {}
@@ -222,31 +134,10 @@ def conversion_rules(model_config: ml_collections.ConfigDict, layout: str) -> Di
 
 
 # ------------------------------------------------------------------------------------------ configs
-def _depth_from_blocks(blocks, bottleneck: bool, where: str) -> int:
-  for depth, stage_blocks in STAGE_BLOCKS.items():
-    if tuple(blocks) == stage_blocks and is_bottleneck(depth) == bottleneck:
-      return depth
-  raise ConversionError(f"{where}: ResNet with blocks per stage {tuple(blocks)} "
-                        f"({'bottleneck' if bottleneck else 'basic'}) is not ResNet-18/34/50/101")
-
-
 def model_config_from_hf(hf_config: Mapping) -> ml_collections.ConfigDict:
-  """config.model for a transformers `Mask2FormerConfig` dict (ResNet backbones only)."""
+  """config.model for a transformers `Mask2FormerConfig` dict (a ResNet or Swin `backbone_config`)."""
   c = dict(hf_config)
-  backbone = c.get("backbone_config") or {}
-  if backbone.get("model_type") != "resnet":
-    raise ConversionError(f"hf_config.backbone_config.model_type: {backbone.get('model_type')!r}; "
-                          "only 'resnet' backbones are supported")
-  bottleneck = backbone.get("layer_type", "bottleneck") == "bottleneck"
-  depth = _depth_from_blocks(backbone["depths"], bottleneck, "hf_config.backbone_config.depths")
-  width = int(backbone["embedding_size"])
-  expected_sizes = [width * 2 ** i * (4 if bottleneck else 1) for i in range(4)]
-  if list(backbone["hidden_sizes"]) != expected_sizes:
-    raise ConversionError(f"hf_config.backbone_config.hidden_sizes {backbone['hidden_sizes']} do not "
-                          f"follow the torchvision layout for embedding_size {width}: {expected_sizes}")
-  if backbone.get("downsample_in_bottleneck", False):
-    raise ConversionError("hf_config.backbone_config.downsample_in_bottleneck=True (stride in the 1x1) "
-                          "is not the torchvision layout")
+  backbone = resnet_swin.backbone_config_from_hf(c.get("backbone_config") or {})
   if c.get("pre_norm", False):
     raise ConversionError("hf_config.pre_norm=True is not supported (Mask2Former uses post-norm)")
   m = segmenter_config.get()
@@ -254,8 +145,7 @@ def model_config_from_hf(hf_config: Mapping) -> ml_collections.ConfigDict:
   m.num_queries = int(c["num_queries"])
   m.hidden_dim = int(c["hidden_dim"])
   m.num_heads = int(c["num_attention_heads"])
-  m.backbone.depth = depth
-  m.backbone.width = width
+  m.backbone = backbone
   m.pixel_decoder.conv_dim = int(c["feature_size"])
   m.pixel_decoder.mask_dim = int(c["mask_feature_size"])
   m.pixel_decoder.num_encoder_layers = int(c["encoder_layers"])
@@ -275,10 +165,12 @@ def _count(state_dict, pattern):
 
 
 def model_config_from_detectron2(state_dict: Mapping[str, Array], num_heads: int = 8,
-                                 pixel_decoder_heads: int = 8, num_groups: int = 32) -> ml_collections.ConfigDict:
-  """config.model read off the shapes of a detectron2 Mask2Former state dict.
+                                 pixel_decoder_heads: int = 8, num_groups: int = 32,
+                                 stride_in_1x1: bool = False, backbone_config=None) -> ml_collections.ConfigDict:
+  """config.model read off the shapes of a detectron2 Mask2Former state dict (ResNet or Swin backbone).
 
-  Head counts and GroupNorm groups are not in the weights: Mask2Former uses 8 / 8 / 32.
+  Head counts and GroupNorm groups are not in the weights: Mask2Former uses 8 / 8 / 32; nor is a
+  ResNet's stride position (`stride_in_1x1`, detectron2 RESNETS.STRIDE_IN_1X1: False in Mask2Former).
   """
   def get(key):
     if key not in state_dict:
@@ -289,10 +181,8 @@ def model_config_from_detectron2(state_dict: Mapping[str, Array], num_heads: int
   m.num_classes = get(f"{predictor}.class_embed.weight").shape[0] - 1
   m.num_queries, m.hidden_dim = get(f"{predictor}.query_feat.weight").shape
   m.num_heads = num_heads
-  blocks = [_count(state_dict, rf"^backbone\.res{s}\.(\d+)\.") for s in range(2, 6)]
-  bottleneck = "backbone.res2.0.conv3.weight" in state_dict
-  m.backbone.depth = _depth_from_blocks(blocks, bottleneck, "detectron2 backbone.res2..res5")
-  m.backbone.width = get("backbone.stem.conv1.weight").shape[0]
+  m.backbone = (backbone_config if backbone_config is not None else   # given: a ViT-Adapter (vit_segmenter.py)
+                resnet_swin.backbone_config_from_detectron2(state_dict, resnet_swin.D2_PREFIX, stride_in_1x1))
   m.pixel_decoder.conv_dim = get(f"{decoder}.transformer.level_embed").shape[1]
   m.pixel_decoder.mask_dim = get(f"{decoder}.mask_features.weight").shape[0]
   m.pixel_decoder.num_encoder_layers = _count(state_dict, rf"^{decoder}\.transformer\.encoder\.layers\.(\d+)\.")
@@ -313,22 +203,7 @@ def expected_shapes(model_config: ml_collections.ConfigDict) -> Dict[str, Tuple[
   """{params path: shape} of the segmenter for this config, without computing anything."""
   model = build_segmenter(model_config)
   images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)["params"]
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-    flat["/".join(p.key for p in path)] = tuple(leaf.shape)
-  return flat
-
-
-def _unflatten(flat: Mapping[str, Array]) -> Dict:
-  tree: Dict = {}
-  for path, value in flat.items():
-    node = tree
-    parts = path.split("/")
-    for part in parts[:-1]:
-      node = node.setdefault(part, {})
-    node[parts[-1]] = value
-  return tree
+  return flat_shapes(jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)["params"])
 
 
 def convert(state_dict: Mapping[str, Array], model_config: ml_collections.ConfigDict, layout: str,
@@ -336,37 +211,10 @@ def convert(state_dict: Mapping[str, Array], model_config: ml_collections.Config
   """Applies the layout's table; raises ConversionError naming every missing / unexpected /
   mis-shaped key."""
   rules = conversion_rules(model_config, layout)
-  shapes = expected_shapes(model_config)
-  problems: List[str] = []
-  missing_targets = sorted(set(shapes) - set(rules))
-  if missing_targets:   # a bug in the tables, not in the checkpoint
-    problems.append(f"no conversion rule for params {missing_targets}")
-  used = set()
-  missing, misshaped, flat = [], [], {}
-  for path, (key, transform, block) in rules.items():
-    if key not in state_dict:
-      missing.append(key)
-      continue
-    used.add(key)
-    value = TRANSFORMS[transform](np.asarray(state_dict[key]), block)
-    if path not in shapes:
-      problems.append(f"rule for unknown param {path}")
-    elif tuple(value.shape) != shapes[path]:
-      misshaped.append(f"{key} {tuple(np.asarray(state_dict[key]).shape)} (-> {path} {tuple(value.shape)}, "
-                       f"model expects {shapes[path]})")
-    else:
-      flat[path] = np.asarray(value, dtype)
-  unexpected = sorted(k for k in state_dict if k not in used and not any(p.search(k) for p in IGNORED))
-  if missing:
-    problems.append(f"missing keys ({len(missing)}): {sorted(set(missing))}")
-  if unexpected:
-    problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-  if misshaped:
-    problems.append(f"mis-shaped keys ({len(misshaped)}): {misshaped}")
-  if problems:
-    raise ConversionError(f"{what} ({layout} layout) does not fit the segmenter config:\n  " +
-                          "\n  ".join(problems))
-  return _unflatten(flat)
+  prefix = resnet_swin.HF_PREFIX if layout == "hf" else resnet_swin.D2_PREFIX
+  problems = resnet_swin.check_buffers(state_dict, model_config.backbone, layout, prefix)
+  return apply_rules(state_dict, rules, expected_shapes(model_config), dtype,
+                     f"{what} ({layout} layout) does not fit the segmenter config", problems)
 
 
 def segmenter_from_hf(state_dict: Mapping[str, Array], hf_config: Mapping,
@@ -379,11 +227,17 @@ def segmenter_from_hf(state_dict: Mapping[str, Array], hf_config: Mapping,
 
 def segmenter_from_detectron2(state_dict: Mapping[str, Array], num_heads: int = 8,
                               pixel_decoder_heads: int = 8, num_groups: int = 32,
-                              dtype=np.float32) -> Tuple[ml_collections.ConfigDict, Dict]:
+                              dtype=np.float32, stride_in_1x1: bool = False
+                              ) -> Tuple[ml_collections.ConfigDict, Dict]:
   """(config.model, params) from a detectron2 Mask2Former / MinVIS / DVIS / LOMM state dict
-  (segmenter keys only: backbone.*, sem_seg_head.*). The released models use 8 decoder heads,
-  8 pixel-decoder heads and 32 GroupNorm groups, which the weights do not record."""
-  model_config = model_config_from_detectron2(state_dict, num_heads, pixel_decoder_heads, num_groups)
+  (segmenter keys only: backbone.*, sem_seg_head.*; a ResNet or D2SwinTransformer backbone). The released
+  models use 8 decoder heads, 8 pixel-decoder heads and 32 GroupNorm groups, which the weights do not
+  record (nor a ResNet's `stride_in_1x1`: False in Mask2Former)."""
+  from o2vis_jax.checkpoint_conversion import vit_segmenter
+  if vit_segmenter.has_vit_backbone(state_dict):   # backbone.vit_module.*: DVIS++ / LOMM / CAVIS / DAQ ViT-L
+    return vit_segmenter.segmenter_from_detectron2(state_dict, num_heads, pixel_decoder_heads, num_groups, dtype)
+  model_config = model_config_from_detectron2(state_dict, num_heads, pixel_decoder_heads, num_groups,
+                                              stride_in_1x1)
   return model_config, convert(state_dict, model_config, "detectron2", dtype, "detectron2 state dict")
 
 

@@ -1,12 +1,21 @@
 """The synthetic occlusion dataset (SPEC section 7), written in the real YouTube-VIS layout.
 
 `<out>/<split>.json` + `<out>/<split>/JPEGImages/<video>/<frame:05d>.jpg`, so every code path of the real
-data (builder, pipeline, evaluation) runs on it. Each video is a textured background with a few textured
+data (builder, pipeline, evaluation) runs on it. Each video is a muted textured background with a few
 shapes (classes below) that move, rotate, bounce in a box larger than the frame (so they leave and re-enter),
 enter late, pass behind each other and behind static occluder bars wide enough to hide them completely for
 several frames (the segmentation is then null), and often come as a group of look-alikes of one class, so
-that identity needs memory. Masks are the visible (modal) regions of the rendered label map, stored as
-uncompressed RLE like the official train annotations; `areas` and `bboxes` ([x, y, w, h]) are computed from
+that identity needs memory.
+
+What a class looks like (`appearance='class'`, the default): its shape, a colour family (a hue band; the
+saturation and brightness vary per object) and a texture, so that a small model trained from scratch can
+tell the classes apart (as real categories differ in more than outline), while objects of one class still
+look alike: a look-alike group shares one colour (within a few levels), texture and size, and only motion and
+memory tell them apart. `appearance='random'` is the earlier dataset, bit for bit (any colour and texture
+for any class: only the shape tells the class), kept for comparisons and for models trained on it.
+
+Masks are the visible (modal) regions of the rendered label map, stored as uncompressed RLE like the
+official train annotations; `areas` and `bboxes` ([x, y, w, h]) are computed from
 the very same masks, and null where the object is hidden.
 
 Every video is drawn from `numpy.random.default_rng([seed, video_index])`: the same seed gives the same
@@ -30,7 +39,11 @@ from PIL import Image
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"},
               {"id": 4, "name": "star"}, {"id": 5, "name": "ring"})
 TEXTURES = ("solid", "stripes", "checker", "dots")
-RADIUS_RANGE = (0.1, 0.18)   # object radius as a fraction of the frame size (a shape's bounding half-size).
+# Per category (CATEGORIES order): the centre of its hue band (degrees) and its texture.
+CLASS_HUES = (0.0, 120.0, 225.0, 50.0, 290.0)
+CLASS_TEXTURES = ("solid", "stripes", "checker", "dots", "solid")
+APPEARANCES = ("class", "random")
+RADIUS_RANGE = (0.12, 0.2)   # object radius as a fraction of the frame size (a shape's bounding half-size).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +70,25 @@ class Occluder:
   x1: int
   y1: int
   colour: np.ndarray
+
+
+def _hsv_to_rgb(hue_degrees: float, saturation: float, value: float) -> np.ndarray:
+  """[3] RGB in 0..255 (the standard hexcone model)."""
+  h = (hue_degrees % 360.0) / 60.0
+  c = value * saturation
+  x = c * (1 - abs(h % 2 - 1))
+  rgb = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h) % 6]
+  return 255.0 * (np.array(rgb) + value - c)
+
+
+def _appearance(rng: np.random.Generator, category_id: int, appearance: str):
+  """(colour [3], texture, texture frequency) of a new object of `category_id`."""
+  if appearance == "class":
+    hue = CLASS_HUES[category_id - 1] + rng.uniform(-15, 15)
+    colour = _hsv_to_rgb(hue, rng.uniform(0.6, 0.95), rng.uniform(0.65, 1.0))
+    return colour, CLASS_TEXTURES[category_id - 1], float(rng.uniform(2.5, 5))
+  return (rng.uniform(30, 230, 3), TEXTURES[int(rng.integers(len(TEXTURES)))],
+          float(rng.uniform(2.5, 5)))
 
 
 def _bounce(position: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -103,8 +135,9 @@ def _texture(obj: ShapeObject, u: np.ndarray, v: np.ndarray) -> np.ndarray:
   return np.ones_like(u)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-  """A textured background: smooth value noise blended with a random stripe or checker pattern."""
+def _background(rng: np.random.Generator, size: int, muted: bool) -> np.ndarray:
+  """A textured background: smooth value noise blended with a random stripe or checker pattern; `muted`:
+  in low-saturation colours (so that hue belongs to the objects, as in `appearance='class'`)."""
   coarse = rng.uniform(0, 1, (size // 16 + 2, size // 16 + 2))
   noise = np.array(Image.fromarray((coarse * 255).astype(np.uint8)).resize(
       (size, size), Image.BICUBIC), np.float32) / 255.0
@@ -115,20 +148,21 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
   else:
     pattern = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(np.float32)
   colour_a, colour_b = rng.uniform(40, 215, (2, 3))
+  if muted:
+    grey_a, grey_b = rng.uniform(60, 190, 2)
+    colour_a, colour_b = grey_a + 0.25 * (colour_a - grey_a), grey_b + 0.25 * (colour_b - grey_b)
   weight = (0.6 * noise + 0.4 * pattern)[..., None]
   return colour_a * weight + colour_b * (1 - weight)
 
 
 def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_objects: int,
-                    occluders: Sequence[Occluder],
-                    radius_range: Tuple[float, float] = RADIUS_RANGE) -> List[ShapeObject]:
+                    occluders: Sequence[Occluder], radius_range: Tuple[float, float] = RADIUS_RANGE,
+                    appearance: str = "class") -> List[ShapeObject]:
   """Samples a video's objects so that every event of the dataset is likely in every video."""
   num_objects = int(rng.integers(2, max_objects + 1))
   objects = []
   lookalike_class = int(rng.integers(1, len(CATEGORIES) + 1))
-  lookalike_colour = rng.uniform(30, 230, 3)
-  lookalike_texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-  lookalike_frequency = float(rng.uniform(2.5, 5))
+  lookalike_colour, lookalike_texture, lookalike_frequency = _appearance(rng, lookalike_class, appearance)
   num_lookalikes = int(rng.integers(2, 4)) if num_objects >= 3 and rng.uniform() < 0.8 else 0
   for index in range(num_objects):
     radius = float(rng.uniform(*radius_range) * size)
@@ -146,8 +180,7 @@ def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_ob
       radius = float(size * 0.5 * (radius_range[0] + radius_range[1]) * rng.uniform(0.9, 1.1))
     else:
       category_id = int(rng.integers(1, len(CATEGORIES) + 1))
-      colour = rng.uniform(30, 230, 3)
-      texture, frequency = TEXTURES[int(rng.integers(len(TEXTURES)))], float(rng.uniform(2.5, 5))
+      colour, texture, frequency = _appearance(rng, category_id, appearance)
     role = rng.uniform()
     if occluders and role < 0.35:
       # Crosses the first occluder slowly enough to stay fully hidden for several frames.
@@ -175,16 +208,19 @@ def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_ob
   return objects
 
 
-def _random_occluders(rng: np.random.Generator, size: int) -> List[Occluder]:
+def _random_occluders(rng: np.random.Generator, size: int, muted: bool) -> List[Occluder]:
+  def colour():
+    rgb = rng.uniform(60, 200, 3)
+    return rgb.mean() + 0.2 * (rgb - rgb.mean()) if muted else rgb
   occluders = []
   if rng.uniform() < 0.8:
     width = int(rng.uniform(0.3, 0.4) * size)
     x0 = int(rng.integers(size // 8, size - width - size // 8 + 1))
-    occluders.append(Occluder(x0, 0, x0 + width, size, rng.uniform(60, 200, 3)))
+    occluders.append(Occluder(x0, 0, x0 + width, size, colour()))
   if rng.uniform() < 0.3:
     height = int(rng.uniform(0.15, 0.25) * size)
     y0 = int(rng.integers(0, size - height + 1))
-    occluders.append(Occluder(0, y0, size, y0 + height, rng.uniform(60, 200, 3)))
+    occluders.append(Occluder(0, y0, size, y0 + height, colour()))
   return occluders
 
 
@@ -245,16 +281,20 @@ def _video_name(seed: int, split: str, index: int) -> str:
 
 def generate(out_dir: str, split: str, num_videos: int, seed: int, size: int = 128, num_frames: int = 24,
              max_objects: int = 5, jpeg_quality: int = 92, first_video_id: int = 1,
-             radius_range: Sequence[float] = RADIUS_RANGE) -> str:
+             radius_range: Sequence[float] = RADIUS_RANGE, appearance: str = "class") -> str:
   """Writes `num_videos` videos of `num_frames` frames at `size` x `size`; returns the json path.
   `radius_range`: (min, max) object radius as a fraction of `size` (objects that cross an occluder are
-  capped so that it hides them completely)."""
+  capped so that it hides them completely). `appearance`: 'class' (colour family and texture per class)
+  or 'random' (only the shape tells the class)."""
   if num_videos < 1 or num_frames < 1 or size < 16 or max_objects < 2:
     raise ValueError(f"need videos >= 1, frames >= 1, size >= 16, max_objects >= 2; got {num_videos}, "
                      f"{num_frames}, {size}, {max_objects}")
   radius_range = tuple(float(r) for r in radius_range)
   if len(radius_range) != 2 or not 0.0 < radius_range[0] <= radius_range[1] <= 0.5:
     raise ValueError(f"radius_range must be (min, max) with 0 < min <= max <= 0.5, got {radius_range}")
+  if appearance not in APPEARANCES:
+    raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+  muted = appearance == "class"
   image_root = os.path.join(out_dir, split, "JPEGImages")
   videos, annotations = [], []
   for index in range(num_videos):
@@ -262,9 +302,9 @@ def generate(out_dir: str, split: str, num_videos: int, seed: int, size: int = 1
     name = _video_name(seed, split, index)
     video_id = first_video_id + index
     os.makedirs(os.path.join(image_root, name), exist_ok=True)
-    background = _background(rng, size)
-    occluders = _random_occluders(rng, size)
-    objects = _random_objects(rng, size, num_frames, max_objects, occluders, radius_range)
+    background = _background(rng, size, muted)
+    occluders = _random_occluders(rng, size, muted)
+    objects = _random_objects(rng, size, num_frames, max_objects, occluders, radius_range, appearance)
     segmentations = [[] for _ in objects]
     areas = [[] for _ in objects]
     bboxes = [[] for _ in objects]

@@ -25,8 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.association = association.association_config("o2vis")
   for name in association.names():
     method = association.get(name)
-    if method.section_name not in config:
-      config[method.section_name] = method.default_config()
+    if association.base.section_of(config, method.section_name) is None:
+      association.base.set_section(config, method.section_name, method.default_config())
   config.data = data.get()
   config.train = train.get()
   config.loss = losses.default_config()
@@ -52,8 +52,9 @@ def make_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   seen = set()
   for name in association.names():
     method = association.get(name)
-    if method.section_name in config and method.section_name not in seen:
-      method.tiny(config[method.section_name])
+    section = association.base.section_of(config, method.section_name)
+    if section is not None and method.section_name not in seen:
+      method.tiny(section)
       seen.add(method.section_name)
   config.batch_size = 2
   config.num_train_steps = 4

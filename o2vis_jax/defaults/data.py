@@ -44,7 +44,8 @@ def get() -> ml_collections.ConfigDict:
       synthetic_valid_videos=30,
       synthetic_frames=24,
       synthetic_size=128,
-      synthetic_radius_range=(0.1, 0.18),  # object radius / frame size (o2vis_jax.datasets.synthetic.RADIUS_RANGE).
+      synthetic_radius_range=(0.12, 0.2),  # object radius / frame size (o2vis_jax.datasets.synthetic.RADIUS_RANGE).
+      synthetic_appearance="class",        # 'class' (colour family + texture per class) | 'random' (shape only).
   ))
 
 

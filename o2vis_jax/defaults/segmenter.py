@@ -4,7 +4,8 @@ import ml_collections
 
 # Allowed values (config_validation checks them; the modules that read the fields would fail later).
 DTYPES = ("float32", "bfloat16", "float64")   # float64 needs jax_enable_x64.
-BACKBONES = ("resnet",)                        # models/segmenter.py builds only the ResNet.
+# The backbones: `o2vis_jax.models.backbones.names()`; `config.model.backbone` below is the ResNet's
+# section; another backbone replaces it by its own (`models/backbones/<name>.py: backbone_config()`).
 
 
 def get() -> ml_collections.ConfigDict:
@@ -19,8 +20,13 @@ def get() -> ml_collections.ConfigDict:
       pixel_std=(58.395, 57.12, 57.375),
       backbone=ml_collections.ConfigDict(dict(
           name="resnet",
-          depth=50,               # 18 | 34 | 50 | 101.
+          depth=50,               # 18 | 34 | 50 | 101, or 0: any ResNet from the four fields below.
           width=64,               # stem / first-stage width (64 = torchvision).
+          stage_blocks=(0, 0, 0, 0),       # depth=0: blocks in res2..res5 (HF depths).
+          stage_widths=(0, 0, 0, 0),       # depth=0: output channels of res2..res5 (HF hidden_sizes).
+          bottleneck_widths=(0, 0, 0, 0),  # depth=0: inner widths of bottlenecks (0 = stage_widths / 4).
+          block="auto",           # auto (the depth's) | basic | bottleneck (needed with depth=0).
+          stride_in_1x1=False,    # the stride in a bottleneck's first 1x1 (MSRA; detectron2 STRIDE_IN_1X1).
           norm_eps=1e-5,          # frozen BatchNorm (or GroupNorm) eps.
           norm="frozen_bn",       # frozen_bn (reference checkpoints) | group_norm (trainable; from scratch).
           norm_groups=32,         # GroupNorm groups when norm='group_norm'.

@@ -1,7 +1,8 @@
 """YouTube-VIS / OVIS evaluation (SPEC section 8) and results files.
 
 `evaluate(ground_truth, results)` -> the 12 metrics as fractions (+ OVIS occlusion AP/AR and
-per-category AP); `instance_to_result`, `write_results`, `write_results_zip` write what the
+per-category AP); `tracking_metrics(ground_truth, results)` -> HOTA, DetA, AssA, IDF1 (TrackEval);
+`instance_to_result`, `write_results`, `write_results_zip` write what the
 evaluation servers accept.
 """
 
@@ -13,9 +14,12 @@ from o2vis_jax.evaluation.protocol import METRIC_NAMES, OCCLUSION_METRIC_NAMES
 from o2vis_jax.evaluation.results import (ground_truth_to_results, instance_to_result,
                                           load_results, read_results_file, write_results,
                                           write_results_zip)
+from o2vis_jax.evaluation.tracking import (DEFAULT_SCORE_THRESHOLD, TRACKING_METRIC_NAMES,
+                                           tracking_metrics)
 
 __all__ = [
     "EvaluationInputError", "GroundTruth", "class_agnostic", "METRIC_NAMES", "OCCLUSION_METRIC_NAMES", "evaluate",
     "ground_truth_to_results", "instance_to_result", "load_ground_truth", "load_results",
-    "read_results_file", "write_results", "write_results_zip",
+    "read_results_file", "write_results", "write_results_zip", "DEFAULT_SCORE_THRESHOLD",
+    "TRACKING_METRIC_NAMES", "tracking_metrics",
 ]

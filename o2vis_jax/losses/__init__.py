@@ -33,4 +33,5 @@ from o2vis_jax.losses.batch import mean_over_videos
 from o2vis_jax.losses.assignment import (CostWeights, clip_match_costs, consistent_video_matching,
                                          first_appearance, frame_assignment, match_cost,
                                          per_frame_matching, video_assignment)
-from o2vis_jax.losses.segmenter import contrastive_loss, segmenter_criterion
+from o2vis_jax.losses.segmenter import (contrastive_loss, segmenter_criterion,
+                                        segmenter_criterion_and_assignment)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 # From the submodule: `association.ops` re-exports the function `hungarian` under the module's name.
-from o2vis_jax.association.ops.hungarian import hungarian
+from o2vis_jax.association.ops.hungarian import hungarian, staged_hungarian
 from o2vis_jax.losses import point_sampling
 from o2vis_jax.losses.config import LossConfig
 from o2vis_jax.losses.set_prediction import VideoTargets
@@ -93,17 +93,10 @@ def consistent_video_matching(costs: jax.Array, present: jax.Array, matcher: str
       GT and frame).
   Returns: query_of_gt int32 [G], -1 = unmatched.
   """
-  num_frames, num_gts, num_queries = costs.shape
-  first_frame = first_appearance(present)
-  query_of_gt = jnp.full((num_gts,), -1, jnp.int32)
-  taken = jnp.zeros((num_queries,), bool)
-  for frame in range(num_frames):  # T is small and static; each stage is one host call.
-    rows = first_frame == frame
-    assigned = hungarian(costs[frame], rows, ~taken, matcher=matcher)
-    assigned = jnp.where(rows, assigned, -1)
-    query_of_gt = jnp.where(rows, assigned, query_of_gt)
-    taken = taken | jnp.any(assigned[:, None] == jnp.arange(num_queries), axis=0)
-  return query_of_gt
+  num_frames = costs.shape[0]
+  # One stage per frame (its first-appearing GTs), sharing the queries: one host call per clip.
+  stages = first_appearance(present)[None, :] == jnp.arange(num_frames)[:, None]   # [T, G]
+  return staged_hungarian(costs, stages, matcher=matcher)
 
 
 def per_frame_matching(costs: jax.Array, present: jax.Array, matcher: str = "host") -> jax.Array:

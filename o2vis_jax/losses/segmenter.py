@@ -49,6 +49,15 @@ def segmenter_criterion(key: jax.Array, outputs: Outputs, targets: VideoTargets,
   loss (anchors and positives from the last layer's assignment).
   Terms: loss_{ce,mask,dice}[_i], loss_contrastive (when embeddings are given).
   """
+  total, terms, _ = segmenter_criterion_and_assignment(key, outputs, targets, num_masks, config)
+  return total, terms
+
+
+def segmenter_criterion_and_assignment(key: jax.Array, outputs: Outputs, targets: VideoTargets,
+                                       num_masks: jax.Array, config: LossConfig
+                                       ) -> Tuple[jax.Array, Dict[str, jax.Array], jax.Array]:
+  """`segmenter_criterion` and the last layer's per-frame assignment query_of_gt [T, G] (what an
+  association method's segmenter-stage terms are computed on)."""
   aux = outputs.get("aux", [])
   keys = jax.random.split(key, len(aux) + 1)
   terms = {}
@@ -64,4 +73,4 @@ def segmenter_criterion(key: jax.Array, outputs: Outputs, targets: VideoTargets,
   if outputs.get("embeddings") is not None:
     terms["loss_contrastive"] = contrastive_loss(outputs["embeddings"], query_of_gt,
                                                  targets.frame_valid)
-  return weighted_total(terms, config), terms
+  return weighted_total(terms, config), terms, query_of_gt

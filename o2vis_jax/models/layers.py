@@ -53,23 +53,28 @@ class MultiHeadAttention(nn.Module):
     query: [..., Lq, C]; key: [..., Lk, C]; value: [..., Lk, C].
     mask: optional boolean, broadcastable to [..., num_heads, Lq, Lk]; True = the key may be attended
       (the opposite of PyTorch's `attn_mask` convention, the same as flax's).
+    keys_values: optional (k, v) [..., Lk, heads, C/heads] already projected by this layer (from an
+      earlier call with `return_keys_values=True` on the same key and value): `key` and `value` are then
+      not projected again (the trackers attend twice to the same frame).
+    return_keys_values: also return the projected (k, v), -> (out, (k, v)).
   """
   num_heads: int
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, query, key, value, mask: Optional[jax.Array] = None):
+  def __call__(self, query, key, value, mask: Optional[jax.Array] = None, keys_values=None,
+               return_keys_values: bool = False):
     channels = query.shape[-1]
     if channels % self.num_heads:
       raise ValueError(f"channels {channels} not divisible by num_heads {self.num_heads}")
     head_dim = channels // self.num_heads
     dense = lambda name: nn.Dense(channels, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    q = dense("q_proj")(query)
-    k = dense("k_proj")(key)
-    v = dense("v_proj")(value)
     split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, head_dim))
-    q, k, v = split(q), split(k), split(v)
+    q = split(dense("q_proj")(query))
+    if keys_values is None:
+      keys_values = (split(dense("k_proj")(key)), split(dense("v_proj")(value)))
+    k, v = keys_values
     q = q / jnp.sqrt(jnp.asarray(head_dim, q.dtype))
     logits = jnp.einsum("...qhd,...khd->...hqk", q, k)
     if mask is not None:
@@ -78,8 +83,8 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
     weights = weights.astype(v.dtype)
     out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
-    out = out.reshape(out.shape[:-2] + (channels,))
-    return dense("out_proj")(out)
+    out = dense("out_proj")(out.reshape(out.shape[:-2] + (channels,)))
+    return (out, keys_values) if return_keys_values else out
 
 
 def layer_norm(name: str, dtype=None, param_dtype=jnp.float32, epsilon: float = 1e-5) -> nn.LayerNorm:

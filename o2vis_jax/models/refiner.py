@@ -15,9 +15,10 @@ mask features).
 Step 1 has two exact implementations (`attention_block`): None = softmax attention over all T at once
 (memory ~ N * heads * T^2), or an int B = blockwise attention (`blockwise_attention`): T is cut into blocks
 of B frames, every query block scans the key blocks keeping a running max / sum / weighted value (the
-online softmax), so memory grows like N * heads * T * B. Both agree to round-off. Steps 3-5 treat each frame
-on its own: `run_layers` runs them `frame_chunk` frames at a time, so with both set the refiner's memory is
-linear in T (the per-frame queries, T x N x C, plus one chunk's intermediates).
+online softmax), one query block at a time, so the attention's memory is N * heads * B * B. Both agree
+to round-off. Steps 1-2 treat each slot on its own and steps 3-5 each frame on its own: `run_layers` runs
+them `slot_chunk` slots / `frame_chunk` frames at a time, so with the three set the refiner's memory is
+the per-frame queries (T x N x C) plus one chunk's intermediates.
 
 Submodule names follow the PyTorch module paths (`transformer_time_self_attention_layers.i.self_attn` ->
 `transformer_time_self_attention_layers_i/self_attn/{q,k,v,out}_proj`, `conv_short_aggregate_layers.i.0`
@@ -47,10 +48,11 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int) ->
   q, k, v: [..., T, H, D] (q already scaled). Returns [..., T, H, D], equal to the plain softmax attention
   up to round-off. Queries and keys are padded to a multiple of `block`; padded keys are masked out (the
   last key block always holds >= 1 real key, so every running max is finite), padded queries are dropped.
-  `lax.scan` runs over the key blocks with carry (running max m, running sum l, running sum of
-  exp(logit - m) v); all query blocks advance together, so the live memory is [..., H, T, block] logits
-  instead of [..., H, T, T]. The scan body is rematerialised under autodiff (`jax.checkpoint`), so the
-  backward pass stores only the carries, not every block's logits.
+  The query blocks are taken one at a time (`lax.map`); for each, `lax.scan` runs over the key blocks with
+  carry (running max m, running sum l, running sum of exp(logit - m) v): the online softmax. The live
+  memory is one [..., H, block, block] logits tile instead of [..., H, T, T]. The scan body is
+  rematerialised under autodiff (`jax.checkpoint`), so the backward pass stores only the carries, not
+  every tile's logits.
   """
   length = q.shape[-3]
   num_blocks = -(-length // block)
@@ -60,31 +62,35 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int) ->
   lead = q.shape[:-3]
   heads, head_dim = q.shape[-2:]
   stats_dtype = _softmax_dtype(q.dtype)
-  # Key blocks first (the scanned axis): [num_blocks, ..., block, H, D].
+  # Blocks first (the mapped / scanned axis): [num_blocks, ..., block, H, D].
   to_blocks = lambda x: jnp.moveaxis(x.reshape(lead + (num_blocks, block, heads, head_dim)), -4, 0)
-  key_blocks, value_blocks = to_blocks(k), to_blocks(v)
+  query_blocks, key_blocks, value_blocks = to_blocks(q), to_blocks(k), to_blocks(v)
   key_valid = (jnp.arange(padded) < length).reshape(num_blocks, block)
 
-  @jax.checkpoint
-  def step(carry, inputs):
-    running_max, running_sum, weighted = carry  # [..., H, Tp], [..., H, Tp], [..., Tp, H, D]
-    key_block, value_block, valid = inputs
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, key_block).astype(stats_dtype)
-    logits = jnp.where(valid, logits, -jnp.inf)
-    new_max = jnp.maximum(running_max, logits.max(-1))
-    correction = jnp.exp(running_max - new_max)
-    probs = jnp.exp(logits - new_max[..., None])
-    running_sum = running_sum * correction + probs.sum(-1)
-    block_values = jnp.einsum("...hqk,...khd->...qhd", probs.astype(v.dtype), value_block)
-    weighted = weighted * jnp.swapaxes(correction, -1, -2)[..., None] + block_values.astype(stats_dtype)
-    return (new_max, running_sum, weighted), None
+  def attend(query_block):
+    @jax.checkpoint
+    def step(carry, inputs):
+      running_max, running_sum, weighted = carry  # [..., H, B], [..., H, B], [..., B, H, D]
+      key_block, value_block, valid = inputs
+      logits = jnp.einsum("...qhd,...khd->...hqk", query_block, key_block).astype(stats_dtype)
+      logits = jnp.where(valid, logits, -jnp.inf)
+      new_max = jnp.maximum(running_max, logits.max(-1))
+      correction = jnp.exp(running_max - new_max)
+      probs = jnp.exp(logits - new_max[..., None])
+      running_sum = running_sum * correction + probs.sum(-1)
+      block_values = jnp.einsum("...hqk,...khd->...qhd", probs.astype(v.dtype), value_block)
+      weighted = weighted * jnp.swapaxes(correction, -1, -2)[..., None] + block_values.astype(stats_dtype)
+      return (new_max, running_sum, weighted), None
 
-  init = (jnp.full(lead + (heads, padded), -jnp.inf, stats_dtype),
-          jnp.zeros(lead + (heads, padded), stats_dtype),
-          jnp.zeros(lead + (padded, heads, head_dim), stats_dtype))   # accumulated in >= float32
-  (_, running_sum, weighted), _ = jax.lax.scan(step, init, (key_blocks, value_blocks, key_valid))
-  out = weighted / jnp.swapaxes(running_sum, -1, -2)[..., None]
-  return out[..., :length, :, :].astype(v.dtype)
+    init = (jnp.full(lead + (heads, block), -jnp.inf, stats_dtype),
+            jnp.zeros(lead + (heads, block), stats_dtype),
+            jnp.zeros(lead + (block, heads, head_dim), stats_dtype))   # accumulated in >= float32
+    (_, running_sum, weighted), _ = jax.lax.scan(step, init, (key_blocks, value_blocks, key_valid))
+    return (weighted / jnp.swapaxes(running_sum, -1, -2)[..., None]).astype(v.dtype)
+
+  out = jax.lax.map(attend, query_blocks)                              # [num_blocks, ..., B, H, D]
+  out = jnp.moveaxis(out, 0, -4).reshape(lead + (padded, heads, head_dim))
+  return out[..., :length, :, :]
 
 
 class BlockwiseSelfAttention(nn.Module):
@@ -212,10 +218,10 @@ def masks_from_embeddings(mask_embeddings: jax.Array, mask_features: jax.Array) 
   return jnp.einsum("...tnc,thwc->...tnhw", mask_embeddings, mask_features.astype(mask_embeddings.dtype))
 
 
-def map_frames(fn, chunk: int, *arrays: jax.Array) -> jax.Array:
-  """fn(*arrays) for arrays [T, ...] whose rows (frames) are independent, computed `chunk` frames at a
-  time (`lax.map`), so the intermediates of fn hold chunk frames, not T. T is padded to a multiple of
-  chunk with zero frames, whose results are dropped."""
+def map_chunks(fn, chunk: int, *arrays: jax.Array) -> jax.Array:
+  """fn(*arrays) for arrays [T, ...] whose rows (frames, or slots) are independent, computed `chunk` rows
+  at a time (`lax.map`), so the intermediates of fn hold chunk rows, not T. T is padded to a multiple of
+  chunk with zero rows, whose results are dropped."""
   length = arrays[0].shape[0]
   if chunk >= length:
     return fn(*arrays)
@@ -227,23 +233,29 @@ def map_frames(fn, chunk: int, *arrays: jax.Array) -> jax.Array:
 
 
 def run_layers(model: TemporalRefiner, params, instance_embeds: jax.Array, frame_embeds: jax.Array, *,
-               frame_chunk: Optional[int] = None, last_only: bool = False) -> jax.Array:
+               frame_chunk: Optional[int] = None, slot_chunk: Optional[int] = None,
+               last_only: bool = False) -> jax.Array:
   """`model.layer_outputs` as a function of params, with the per-frame steps (object self-attention,
-  cross-attention, FFN: most of the memory, e.g. the FFN's T x N x ffn_dim activations) run
-  `frame_chunk` frames at a time (None = all at once); the same numbers. Only the temporal steps see all
-  T frames, and with `attention_block` set their memory is linear in T too. Returns [L, T, N, C], or
-  [1, T, N, C] (the last layer) with last_only."""
+  cross-attention, FFN: e.g. the FFN's T x N x ffn_dim activations) run `frame_chunk` frames at a time
+  and the temporal steps (per slot, over all T frames) `slot_chunk` slots at a time (None = all at
+  once); the same numbers. With `attention_block` set as well, what is live besides the T x N x C
+  queries is one chunk's intermediates. Returns [L, T, N, C], or [1, T, N, C] (the last layer) with
+  last_only."""
   variables = {"params": params}
   temporal = lambda x, i: model.apply(variables, x, i, method=TemporalRefiner.temporal_block)
   per_frame = lambda x, f, i: model.apply(variables, x, f, i, method=TemporalRefiner.frame_block)
   x = instance_embeds
   outputs = []
   for i in range(model.num_layers):
-    x = temporal(x, i)
+    if slot_chunk is None:
+      x = temporal(x, i)
+    else:   # slots first for the map, back to frames first
+      per_slot = lambda xs, i=i: jnp.swapaxes(temporal(jnp.swapaxes(xs, 0, 1), i), 0, 1)
+      x = jnp.swapaxes(map_chunks(per_slot, int(slot_chunk), jnp.swapaxes(x, 0, 1)), 0, 1)
     if frame_chunk is None:
       x = per_frame(x, frame_embeds, i)
     else:
-      x = map_frames(lambda xs, fs, i=i: per_frame(xs, fs, i), int(frame_chunk), x, frame_embeds)
+      x = map_chunks(lambda xs, fs, i=i: per_frame(xs, fs, i), int(frame_chunk), x, frame_embeds)
     if not last_only or i == model.num_layers - 1:
       outputs.append(x)
   return jnp.stack(outputs)

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from o2vis_jax.models.backbones.resnet import ResNet
+from o2vis_jax import compile_cache
+from o2vis_jax.models.backbones import build_backbone
 from o2vis_jax.models.layers import resolve_dtype
 from o2vis_jax.models.pixel_decoder import PixelDecoder, level_valid
 from o2vis_jax.models.transformer_decoder import MaskedTransformerDecoder
@@ -50,13 +51,7 @@ class Segmenter(nn.Module):
     if pixel_valid is not None:
       x = jnp.where(pixel_valid[..., None], x, 0)
     x = x.astype(compute_dtype)
-    b = m.backbone
-    if b.name != "resnet":
-      raise ValueError(f"config.model.backbone.name: {b.name!r} is not supported (only 'resnet')")
-    features = ResNet(depth=b.depth, width=b.width, norm_eps=b.norm_eps,
-                      norm=b.get("norm", "frozen_bn"), norm_groups=b.get("norm_groups", 32),
-                      dtype=compute_dtype,
-                      param_dtype=param_dtype, name="backbone")(x)
+    features = build_backbone(m.backbone, dtype=compute_dtype, param_dtype=param_dtype, name="backbone")(x)
     p = m.pixel_decoder
     mask_features, multi_scale = PixelDecoder(
         conv_dim=p.conv_dim, mask_dim=p.mask_dim, num_encoder_layers=p.num_encoder_layers,
@@ -78,6 +73,30 @@ def build_segmenter(config: ml_collections.ConfigDict) -> Segmenter:
   """The segmenter for `config` (the whole config of configs/base.py, or its `model` section)."""
   model_config = config.model if "model" in config else config
   return Segmenter(model_config)
+
+
+SEGMENTER_APPLY = "segmenter.apply"
+
+
+def _segmenter_forward(config):
+  segmenter = build_segmenter(config)
+
+  def forward(params, images, pixel_valid=None):
+    return segmenter.apply({"params": params}, images, pixel_valid)
+  return forward
+
+
+def segmenter_apply(config: ml_collections.ConfigDict):
+  """The jitted forward `(params, images, pixel_valid=None) -> outputs` of `config`'s segmenter, one per
+  config value (`o2vis_jax.compile_cache`): compiled once per image shape and dtype, however often it
+  is asked for (inference, benchmarks)."""
+  model_config = config.model if "model" in config else config
+  return compile_cache.cached_jit(SEGMENTER_APPLY, model_config, _segmenter_forward)
+
+
+def segmenter_trace_count() -> int:
+  """Traces (= compilations) of `segmenter_apply`'s functions so far."""
+  return compile_cache.trace_count(SEGMENTER_APPLY)
 
 
 def init_segmenter_params(config: ml_collections.ConfigDict, rng: jax.Array):

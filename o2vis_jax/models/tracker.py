@@ -36,43 +36,69 @@ class ReferringCrossAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, identity, query, kv):
-    attended = MultiHeadAttention(self.num_heads, self.dtype, self.param_dtype, name="multihead_attn")(
-        query, kv, kv)
-    return layer_norm("norm", self.dtype, self.param_dtype)(identity + attended)
+  def __call__(self, identity, query, kv, keys_values=None, return_keys_values: bool = False):
+    """keys_values / return_keys_values: `MultiHeadAttention`'s (the projections of kv, to reuse)."""
+    attended, keys_values = MultiHeadAttention(
+        self.num_heads, self.dtype, self.param_dtype, name="multihead_attn")(
+            query, kv, kv, keys_values=keys_values, return_keys_values=True)
+    out = layer_norm("norm", self.dtype, self.param_dtype)(identity + attended)
+    return (out, keys_values) if return_keys_values else out
 
 
 def run_referring_stack(cross, self_attention, ffn, ref_proj, kv: jax.Array,
-                        anchor: Optional[jax.Array] = None, use_anchor=None) -> jax.Array:
+                        anchor: Optional[jax.Array] = None, use_anchor=None, keys_values=None,
+                        return_keys_values: bool = False, query_of_kv: Optional[jax.Array] = None):
   """SelfRef(kv) or Anchor(anchor; kv) of REFERENCE.md section 2 over the blocks (cross[j],
   self_attention[j], ffn[j]); returns the L block outputs [L, ..., N, C].
 
   Self mode: block 0's query is ref_proj(kv), block j's ref_proj(x_{j-1}). Anchor mode: ref_proj(anchor)
   at every block. The residual into block 0 is 0, into block j the previous output. `use_anchor` may be
   a traced bool, so that frame 0 (self mode) and later frames (anchor mode) share one program.
+
+  Work shared between the passes of one frame (issue 18): keys_values, the per-block (k, v) projections
+  of kv returned by an earlier pass of the same stack on the same kv (`return_keys_values=True` returns
+  (outputs, keys_values)); query_of_kv, ref_proj(kv) when the caller has it.
   """
   if anchor is None:
     anchor, use_anchor = kv, False
   elif use_anchor is None:
     use_anchor = True
-  anchor_query = ref_proj(anchor)
+  if use_anchor is False:
+    anchor_query = None
+  elif query_of_kv is not None and anchor is kv:
+    anchor_query = query_of_kv
+  else:
+    anchor_query = ref_proj(anchor)
   outputs, identity, previous = [], jnp.zeros((), kv.dtype), kv
+  projections = []
   for j in range(len(cross)):
     if use_anchor is True:
       query = anchor_query
     else:
-      self_query = ref_proj(previous)
+      if j == 0 and query_of_kv is not None:
+        self_query = query_of_kv
+      else:
+        self_query = ref_proj(previous)
       query = self_query if use_anchor is False else jnp.where(use_anchor, anchor_query, self_query)
-    x = ffn[j](self_attention[j](cross[j](identity, query, kv)))
+    x, block_keys_values = cross[j](identity, query, kv, None if keys_values is None else keys_values[j],
+                                    return_keys_values=True)
+    projections.append(block_keys_values)
+    x = ffn[j](self_attention[j](x))
     outputs.append(x)
     identity = previous = x
-  return jnp.stack(outputs)
+  outputs = jnp.stack(outputs)
+  return (outputs, tuple(projections)) if return_keys_values else outputs
 
 
 def predict_heads(decoder_norm, class_embed, mask_embed, x, mask_features):
   """(class logits [..., N, K+1], mask logits [..., N, h, w]) of queries x [..., N, C]: the shared heads on
   LN_d(x), masks = mask_embed(LN_d(x)) . mask_features [h, w, C]."""
-  normed = decoder_norm(x)
+  return heads_of_normed(class_embed, mask_embed, decoder_norm(x), mask_features)
+
+
+def heads_of_normed(class_embed, mask_embed, normed, mask_features):
+  """`predict_heads` after the decoder norm: normed = LN_d(x) [..., N, C]. The mask logits of every
+  leading index are one matmul against mask_features [h, w, C]."""
   masks = jnp.einsum("...nc,hwc->...nhw", mask_embed(normed), mask_features)
   return class_embed(normed), masks
 
@@ -118,6 +144,10 @@ class ReferringTrackerBase(nn.Module):
     mask_features [h, w, C] (broadcast over the leading axes of x)."""
     return predict_heads(self.decoder_norm, self.class_embed, self.mask_embed, x, mask_features)
 
+  def predict_normed(self, normed, mask_features):
+    """`predict` of already normed queries LN_d(x) (when the caller needs LN_d(x) too)."""
+    return heads_of_normed(self.class_embed, self.mask_embed, normed, mask_features)
+
   @classmethod
   def from_section(cls, section, *, hidden_dim: int, num_classes: int):
     """The tracker of an O2VIS config section (`config.tracker`) for C = hidden_dim, K = num_classes."""
@@ -148,15 +178,22 @@ class Tracker(ReferringTrackerBase):
             self.transformer_ffn_layers_A)
 
   def run_stack(self, which: str, kv: jax.Array, anchor: Optional[jax.Array] = None,
-                use_anchor=None) -> jax.Array:
+                use_anchor=None, keys_values=None, return_keys_values: bool = False,
+                query_of_kv: Optional[jax.Array] = None):
     """Runs tracker `which` ('E' or 'A') on one frame; returns the L layer outputs [L, ..., N, C].
 
     kv: the un-normed segmenter queries u_t [..., N, C]. anchor: [..., N, C] or None (self mode).
     use_anchor: optional traced bool selecting anchor mode (True) or self mode (False) at run time, so
     frame 0 (self mode) and later frames (anchor mode) share one program; defaults to `anchor is not None`.
+    keys_values / return_keys_values / query_of_kv: work shared between passes (`run_referring_stack`).
     """
     cross, self_attention, ffn = self._layers(which)
-    return run_referring_stack(cross, self_attention, ffn, self.ref_proj, kv, anchor, use_anchor)
+    return run_referring_stack(cross, self_attention, ffn, self.ref_proj, kv, anchor, use_anchor,
+                               keys_values, return_keys_values, query_of_kv)
+
+  def query_projection_of(self, x):
+    """ref_proj(x), the query projection T_E and T_A share."""
+    return self.ref_proj(x)
 
   def __call__(self, kv, mask_features):
     """Touches every parameter (for `init`): both trackers in self and anchor mode, and the heads."""

@@ -1,7 +1,7 @@
 """Time and memory of the offline temporal refiner over one video, plain vs blockwise temporal attention.
 
   python scripts/benchmark.py refiner [--frames 50,500,5000] [--queries 100] [--channels 256]
-      [--blocks 64] [--frame_chunks 64] [--run_frames 5000] [--repeats 2]
+      [--blocks 64] [--frame_chunks 64] [--slot_chunk 10] [--run_frames 5000] [--repeats 2]
 
 Random refiner weights (C channels, FFN 2048, 8 heads, 6 layers, K = 40) and random inputs (N slots, 100
 segmenter queries). What is measured is `refiner.refine_queries` in eval mode (layers + heads: the part
@@ -57,6 +57,8 @@ def main(argv):
   parser.add_argument("--frame_chunks", default="64",
                       help="frame chunks of the per-frame steps for the blockwise rows, comma separated "
                            "('all' = no chunks)")
+  parser.add_argument("--slot_chunk", type=int, default=10,
+                      help="slots per chunk of the temporal steps for the blockwise rows (0 = all at once)")
   parser.add_argument("--run_frames", type=int, default=5000,
                       help="time only T <= this (the others are compiled for their memory analysis only)")
   parser.add_argument("--plain_run_frames", type=int, default=500,
@@ -92,6 +94,7 @@ def main(argv):
     config = ml_collections.ConfigDict({"refiner": section.to_dict()})
     config.refiner.attention_block = block
     config.refiner.frame_chunk = chunk
+    config.refiner.slot_chunk = (args.slot_chunk or None) if block is not None else None
     return jax.jit(lambda p, x, f: refiner.refine_queries(config, p, x, f))
 
   def shapes(t):

@@ -15,9 +15,10 @@ Settings (each runs in its own subprocess, so that every peak-memory figure is t
 
 Uses `o2vis_jax.train.initial_state` / `make_train_step` and the task directly, random weights, one
 fixed random batch in the input-pipeline format. Reported: init time, first step (compile + run), then
-steps/s over `--steps` further steps; peak host RSS of the process (resource.getrusage ru_maxrss, which
-includes JAX/XLA itself and the compilation); device memory stats when the backend reports them (None on
-CPU). Figures are printed, never asserted; on a shared machine they are noisy.
+the median time of `--steps` further steps and the machine's load; peak host RSS of the process
+(resource.getrusage ru_maxrss, which includes JAX/XLA itself and the compilation); device memory stats
+when the backend reports them (None on CPU). Figures are printed, never asserted; on a shared machine
+they are noisy.
 """
 
 import argparse
@@ -99,11 +100,14 @@ def run_setting(setting, args):
   jax.block_until_ready(metrics)
   first_s = time.perf_counter() - start
   losses = [float(metrics["loss"])]
-  start = time.perf_counter()
+  step_times = []
   for _ in range(args.steps):
+    start = time.perf_counter()
     state, metrics = step_fn(state, frozen, batch)
     losses.append(float(metrics["loss"]))  # blocks on the step
-  steps_s = time.perf_counter() - start
+    step_times.append(time.perf_counter() - start)
+  steps_s = sum(step_times)
+  median_step = float(np.median(step_times))
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   peak_device = None if not stats else stats.get("peak_bytes_in_use")
@@ -115,8 +119,9 @@ def run_setting(setting, args):
         f"devices={mesh.devices.size} ({device.platform})")
   print(f"[{setting}] trainable params {num_params / 1e6:.2f} M, frozen {num_frozen / 1e6:.2f} M; "
         f"init {init_s:.1f} s; first step (compile + run) {first_s:.1f} s")
-  print(f"[{setting}] {args.steps} steps in {steps_s:.2f} s: {args.steps / steps_s:.3f} steps/s "
-        f"({steps_s / args.steps:.2f} s/step, {config.batch_size * args.steps / steps_s:.3f} clips/s)")
+  print(f"[{setting}] {args.steps} steps in {steps_s:.2f} s: median {median_step:.2f} s/step "
+        f"({1 / median_step:.3f} steps/s, {config.batch_size / median_step:.3f} clips/s)")
+  print(f"[{setting}] load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
   print(f"[{setting}] peak host RSS {_peak_rss_mib():.0f} MiB; device peak "
         f"{'n/a' if peak_device is None else f'{peak_device / 2**20:.0f} MiB'}; losses "
         + " ".join(f"{x:.3f}" for x in losses))

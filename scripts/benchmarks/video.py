@@ -10,6 +10,16 @@ the RLE results, and the device memory: `memory_stats()` peak where the backend 
 else the compiled chunk function's own footprint (arguments + outputs + temporaries, from XLA's
 memory analysis), which by construction does not depend on T. Time should grow linearly in T; device
 memory not at all; host memory with the RLEs (objects x frames), not with T x N x H x W.
+
+  python scripts/benchmark.py video --model r50 [--frames 16] [--size 480x640] [--chunk_size 8]
+
+Whole-video inference at paper size: the R50 segmenter of configs/ytvis19_r50.py + the O2VIS trackers
+(random weights) through `inference.VideoPredictor` (segmenter, tracker, masks resized to the frame and
+bit-packed) over `--frames` frames, after one warm-up chunk (the compilation); frames per second, the
+median of `--repeats` videos. With torch + transformers importable (PYTHONPATH=/work/pydeps/hf:
+/work/pydeps/hfdeps) and the LOMM mirror present, the reference in the same process: transformers'
+Mask2Former per frame + the authors' LOMM tracker over the clip (their per-frame times summed; the
+reference's mask post-processing is not counted, which favours it), torch pinned to `--threads`.
 """
 
 import argparse
@@ -74,6 +84,74 @@ def _device_peak_mb(device):
   return stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0)) / 2 ** 20
 
 
+def r50_video(args):
+  """Frames per second of R50 + O2VIS video inference, and of the reference (module docstring)."""
+  import os
+  import jax
+  from configs import ytvis19_r50
+  from o2vis_jax import inference
+  from benchmarks import segmenter as segmenter_benchmark
+  from benchmarks import tracker as tracker_benchmark
+
+  num = int(args.frames.split(",")[0]) if args.frames != "50,500,5000" else 16
+  height, width = (int(v) for v in (args.size if args.size != "64x96" else "480x640").lower().split("x"))
+  config = ytvis19_r50.get_config()
+  config.inference.min_size_test = min(height, width)   # no resize: the frames are the model's input
+  print(f"R50 + O2VIS video inference, {num} frames of {height}x{width}, chunk {args.chunk_size}, median "
+        f"of {args.repeats} videos; jax {jax.__version__} on {jax.default_backend()}, {os.cpu_count()} cores")
+  print(tracker_benchmark.load_line())
+  params = inference.init_params(config, seed=args.seed)
+  predictor = inference.VideoPredictor.from_config(config, params, chunk_size=args.chunk_size)
+  start = time.perf_counter()
+  predictor.predict(_frames(args.chunk_size, height, width), height, width)   # compile
+  print(f"jax:    first chunk incl. compile {time.perf_counter() - start:.1f} s")
+  seconds = tracker_benchmark.median_time(
+      lambda: predictor.predict(_frames(num, height, width, args.seed), height, width), args.repeats)
+  print(f"jax:    {num / seconds:.3f} frames/s ({seconds / num:.3f} s/frame, segmenter + tracker + masks; "
+        f"{predictor.num_compilations} compilation(s))")
+  try:
+    import torch
+    import transformers  # noqa: F401
+  except ImportError:
+    print("torch / transformers not importable: no reference (PYTHONPATH=/work/pydeps/hf:/work/pydeps/hfdeps)")
+    print(tracker_benchmark.load_line())
+    return 0
+  torch.set_num_threads(args.threads)
+  segmenter_s, threads = segmenter_benchmark.time_torch(config.model, 1, height, width, args.repeats)
+  tracker_s = None
+  if os.path.isdir(args.lomm_git_dir):
+    tracker_s = _lomm_tracker_seconds(args, config, num, height // 4, width // 4)
+  reference_s = segmenter_s + (tracker_s or 0.0)
+  print(f"torch:  {1 / reference_s:.3f} frames/s ({reference_s:.3f} s/frame = Mask2Former {segmenter_s:.3f}"
+        + (f" + LOMM tracker {tracker_s:.3f}" if tracker_s is not None else " (no LOMM mirror: no tracker)")
+        + f"; {threads} threads)")
+  print(f"ratio jax / torch time per frame: {seconds / num / reference_s:.2f}")
+  print(tracker_benchmark.load_line())
+  return 0
+
+
+def _lomm_tracker_seconds(args, config, num, mask_h, mask_w):
+  """Per-frame time of the authors' LOMM tracker over `num` frames at the config's sizes (eval mode)."""
+  import tempfile
+  import torch
+  from benchmarks import tracker as tracker_benchmark
+  m = config.model
+  tracker_class = tracker_benchmark.load_lomm_tracker_class(args.lomm_git_dir, tempfile.mkdtemp())
+  torch.manual_seed(0)
+  reference = tracker_class(hidden_channel=m.hidden_dim, feedforward_channel=config.tracker.ffn_dim,
+                            num_head=config.tracker.num_heads, decoder_layer_num=2 * config.tracker.num_layers,
+                            mask_dim=m.hidden_dim, class_num=m.num_classes).eval()
+  n, c = m.num_queries, m.hidden_dim
+  embeds, no_norm = torch.randn(1, c, num, n), torch.randn(1, c, num, n)
+  mask_features = torch.randn(1, num, c, mask_h, mask_w)
+  fg_prob = torch.rand(num, n, 1, 1)
+
+  def run():
+    with torch.no_grad():
+      reference(embeds, mask_features, fg_prob, return_indices=True, frame_embeds_no_norm=no_norm)
+  return tracker_benchmark.median_time(run, args.repeats) / num
+
+
 def main(argv):
   parser = argparse.ArgumentParser(prog="benchmark.py video", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,7 +160,16 @@ def main(argv):
                       "shorter side to 64)")
   parser.add_argument("--chunk_size", type=int, default=8)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--model", default="tiny", choices=("tiny", "r50"),
+                      help="tiny: long videos, memory; r50: frames/s at paper size vs the reference")
+  parser.add_argument("--repeats", type=int, default=3, help="r50: videos timed (median)")
+  parser.add_argument("--threads", type=int, default=None, help="r50: PyTorch threads (default: cores)")
+  parser.add_argument("--lomm_git_dir", default="/work/.mirror/Seung-Hun-Lee+LOMM/repo")
   args = parser.parse_args(argv)
+  if args.model == "r50":
+    import os
+    args.threads = args.threads or os.cpu_count()
+    return r50_video(args)
   lengths = [int(t) for t in args.frames.split(",")]
   height, width = (int(v) for v in args.size.lower().split("x"))
 

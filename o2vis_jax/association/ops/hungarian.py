@@ -178,6 +178,64 @@ def hungarian(cost: jax.Array, row_valid: Optional[jax.Array] = None,
   return _hungarian_device(cost, row_valid, col_valid)
 
 
+def staged_hungarian_numpy(costs: np.ndarray, stage_rows: np.ndarray, col_valid: np.ndarray) -> np.ndarray:
+  """The host solver of `staged_hungarian`: [..., S, R, C], [..., S, R], [..., C] -> [..., R]."""
+  costs = np.asarray(costs)
+  batch, stages, rows, cols = costs.shape[:-3], costs.shape[-3], costs.shape[-2], costs.shape[-1]
+  costs = costs.reshape((-1, stages, rows, cols))
+  stage_rows = np.broadcast_to(np.asarray(stage_rows, bool), batch + (stages, rows)).reshape(-1, stages, rows)
+  col_valid = np.broadcast_to(np.asarray(col_valid, bool), batch + (cols,)).reshape(-1, cols)
+  out = np.full((costs.shape[0], rows), -1, np.int32)
+  for b in range(costs.shape[0]):
+    free = col_valid[b].copy()
+    for stage in range(stages):
+      assigned = hungarian_numpy(costs[b, stage], stage_rows[b, stage], free)
+      active = stage_rows[b, stage]
+      out[b, active] = assigned[active]
+      free[assigned[active & (assigned >= 0)]] = False
+  return out.reshape(batch + (rows,))
+
+
+def staged_hungarian(costs: jax.Array, stage_rows: jax.Array, col_valid: Optional[jax.Array] = None,
+                     matcher: str = "host") -> jax.Array:
+  """Hungarian in stages that share the columns: stage s assigns its rows (`stage_rows[..., s, :]`,
+  disjoint between stages) by `costs[..., s, :, :]` to the valid columns no earlier stage took.
+
+  The OHM's two stages (Eq. 6) and the first-appearance video matcher of the trackers' loss (Eq. 10, one
+  stage per frame) are this. With matcher='host' all the stages are ONE host callback (issue 18: one
+  round trip per frame for the OHM, per clip for the video matcher, instead of one per stage); with
+  'device' they run one after the other on the device.
+
+  Args:
+    costs: [..., S, R, C]; stage_rows: bool [..., S, R]; col_valid: optional bool [..., C].
+  Returns:
+    int32 [..., R]: the column of every row at its stage, -1 for rows in no stage or unassigned.
+  """
+  if matcher not in MATCHERS:
+    raise ValueError(f"matching.staged_hungarian: matcher must be one of {MATCHERS}, got {matcher!r}")
+  costs = jax.lax.stop_gradient(jnp.asarray(costs))
+  if costs.ndim < 3:
+    raise ValueError(f"matching.staged_hungarian: costs must be [..., S, R, C], got shape {costs.shape}")
+  costs = jnp.where(jnp.isnan(costs), jnp.zeros_like(costs), costs)
+  batch, stages, rows, cols = costs.shape[:-3], costs.shape[-3], costs.shape[-2], costs.shape[-1]
+  stage_rows = jnp.broadcast_to(jnp.asarray(stage_rows, bool), batch + (stages, rows))
+  col_valid = (jnp.ones(batch + (cols,), bool) if col_valid is None
+               else jnp.broadcast_to(jnp.asarray(col_valid, bool), batch + (cols,)))
+  if rows == 0 or cols == 0 or stages == 0:
+    return jnp.full(batch + (rows,), -1, jnp.int32)
+  if matcher == "host":
+    return jax.pure_callback(staged_hungarian_numpy, jax.ShapeDtypeStruct(batch + (rows,), jnp.int32),
+                             costs, stage_rows, col_valid, vmap_method="broadcast_all")
+  out = jnp.full(batch + (rows,), -1, jnp.int32)
+  free = col_valid
+  for stage in range(stages):
+    active = stage_rows[..., stage, :]
+    assigned = jnp.where(active, _hungarian_device(costs[..., stage, :, :], active, free), -1)
+    out = jnp.where(active, assigned, out)
+    free = free & ~jnp.any(assigned[..., :, None] == jnp.arange(cols), axis=-2)
+  return out
+
+
 def cosine_cost(slot_feats: jax.Array, cur_feats: jax.Array, norm_eps: float = 1e-6) -> jax.Array:
   """Matching cost `1 - cos` between rows: x / (||x|| + eps) (REFERENCE.md section 2). [..., N, M]."""
   normalize = lambda x: x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + norm_eps)
@@ -190,7 +248,8 @@ def occupancy_guided_matching(slot_feats: jax.Array, cur_feats: jax.Array, occup
 
   Stage 1 matches the occupied slots against all current objects; stage 2 matches the free slots against
   the current objects stage 1 left. With no occupied slot, stage 1 is empty and stage 2 is the plain
-  Hungarian over everything, which is exactly the reference's "nothing occupied" branch.
+  Hungarian over everything, which is exactly the reference's "nothing occupied" branch. Both stages are
+  one `staged_hungarian` (one host callback with matcher='host').
 
   Args:
     slot_feats: [..., N, C] slot features (memory side); cur_feats: [..., M, C] current objects;
@@ -198,10 +257,19 @@ def occupancy_guided_matching(slot_feats: jax.Array, cur_feats: jax.Array, occup
   Returns:
     int32 [..., N]: the current object assigned to each slot (-1 only when M < N leaves a slot unmatched).
   """
-  cost = cosine_cost(slot_feats, cur_feats, norm_eps)
-  occupied = jnp.asarray(occupied, bool)
-  first = hungarian(cost, row_valid=occupied, matcher=matcher)
-  num_cur = cost.shape[-1]
-  taken = jnp.any(first[..., :, None] == jnp.arange(num_cur), axis=-2)
-  second = hungarian(cost, row_valid=~occupied, col_valid=~taken, matcher=matcher)
-  return jnp.where(occupied, first, second)
+  costs, stage_rows = ohm_stages(cosine_cost(slot_feats, cur_feats, norm_eps), occupied)
+  return staged_hungarian(costs, stage_rows, matcher=matcher)
+
+
+def ohm_stages(cost: jax.Array, occupied: jax.Array):
+  """The two stages of Eq. 6 for `staged_hungarian`: (costs [..., 2, N, M], stage_rows [..., 2, N]);
+  stage 1 the occupied slots, stage 2 the free ones, on the same cost [..., N, M]."""
+  occupied = jnp.broadcast_to(jnp.asarray(occupied, bool), cost.shape[:-1])
+  return jnp.stack([cost, cost], axis=-3), jnp.stack([occupied, ~occupied], axis=-2)
+
+
+def single_stage(cost: jax.Array):
+  """A plain Hungarian (every row, every column) as `staged_hungarian` problem, to be solved in the same
+  host call as other problems of the same shape: (costs [..., 2, R, C], stage_rows [..., 2, R])."""
+  rows = jnp.ones(cost.shape[:-1], bool)
+  return jnp.stack([cost, cost], axis=-3), jnp.stack([rows, ~rows], axis=-2)

@@ -1,0 +1,17 @@
+"""CAVIS Swin-L on ovis (CAVIS_Online_SwinL.yaml: 200 queries): CAIT training on a frozen, converted CAVIS
+segmenter. Fails with a message naming the backbone when o2vis_jax.models.backbones does not have it.
+
+  python scripts/train.py --config configs/cavis_ovis_swinl.py --workdir DIR --config.init_checkpoint=CONVERTED
+      --config.data.data_dir=BUILT_DATASET
+
+Variant `configs/cavis_ovis_swinl.py:segmenter` (CAVIS_Segmenter_SwinL.yaml): the segmenter stage, the segmenter and the
+ReID head from --config.init_checkpoint=MASK2FORMER_COCO (converted); its export is the CONVERTED above.
+
+Values: configs/cavis_common.py.
+"""
+
+from configs import cavis_common
+
+
+def get_config(arg: str = ""):
+  return cavis_common.get_variant("ovis", "swinl", arg)

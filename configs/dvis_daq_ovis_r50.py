@@ -1,0 +1,13 @@
+"""DVIS-DAQ r50 on OVIS (DAQ_Online_*.yaml): tracker training on a frozen, converted DVIS++ segmenter.
+
+  python scripts/train.py --config configs/dvis_daq_ovis_r50.py --workdir DIR --config.init_checkpoint=CONVERTED
+      --config.data.data_dir=BUILT_DATASET
+
+Values: configs/dvis_daq_common.py.
+"""
+
+from configs import dvis_daq_common
+
+
+def get_config():
+  return dvis_daq_common.tracker_training_config("ovis", "r50")

@@ -1,0 +1,13 @@
+"""DVIS-DAQ vitl on YouTube-VIS 2021 (DAQ_Online_*.yaml): tracker training on a frozen, converted DVIS++ segmenter.
+
+  python scripts/train.py --config configs/dvis_daq_ytvis21_vitl.py --workdir DIR --config.init_checkpoint=CONVERTED
+      --config.data.data_dir=BUILT_DATASET
+
+Values: configs/dvis_daq_common.py.
+"""
+
+from configs import dvis_daq_common
+
+
+def get_config():
+  return dvis_daq_common.tracker_training_config("ytvis21", "vitl")

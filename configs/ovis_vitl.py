@@ -1,0 +1,13 @@
+"""ViT-L O2VIS on OVIS (K=25): LOMM_Online_ViTL.yaml, tracker training on a converted ViT-L segmenter.
+
+  python scripts/train.py --config configs/ovis_vitl.py --workdir DIR --config.init_checkpoint=CONVERTED
+      --config.data.data_dir=BUILT_DATASET [--config.data.coco_data_dir=BUILT_COCO]
+
+Values: configs/r50_common.py (schedule, clips, inference) and configs/vit_common.py (backbone, 200 queries).
+"""
+
+from configs import r50_common, vit_common
+
+
+def get_config():
+  return vit_common.with_vit_backbone(r50_common.tracker_training_config("ovis"), "vitl")

@@ -1,0 +1,134 @@
+"""Weight import of a CAVIS checkpoint (shared/reference/cavis.md; the authors' `CAVIS_online` /
+`CAVIS_offline` state dicts).
+
+PyTorch -> Flax table (j < L, i < 3, m < num_reid_head_layers):
+  sem_seg_head.predictor.reid_embed.layers.m.*     -> reid_embed/layers_m/{kernel,bias}
+  sem_seg_head.predictor.laplacian                 -> (checked: [[-1,-1,-1],[-1,8,-1],[-1,-1,-1]], not a param)
+  tracker.transformer_cross_attention_layers.j.multihead_attn.* -> transformer_cross_attention_layers_j/
+                                                      multihead_attn/{q,k,v,out}_proj (in_proj rows split)
+  tracker.transformer_cross_attention_layers.j.norm.*          -> .../norm/{scale,bias}
+  tracker.transformer_self_attention_layers.j.self_attn.*, .norm.* -> transformer_self_attention_layers_j/...
+  tracker.transformer_ffn_layers.j.linear{1,2}.*, .norm.*         -> transformer_ffn_layers_j/...
+  tracker.ctx_query_embed.*, tracker.decoder_norm.*, tracker.class_embed.* -> the same names
+  tracker.mask_embed.layers.i.*                    -> mask_embed/layers_i/*
+Linear weights [out, in] are transposed to kernels [in, out]. The context filter is not in the checkpoints
+(a plain attribute in the authors' code): its size is `config.association.cavis.context_filter_size` (9).
+The segmenter's own `sem_seg_head.predictor.decoder_norm` is not needed here: the head reads the frame's
+already normed queries.
+"""
+
+import re
+from typing import Dict, Tuple
+
+import ml_collections
+import numpy as np
+
+from o2vis_jax.association.cavis import config as config_lib
+from o2vis_jax.checkpoint_conversion.errors import ConversionError
+from o2vis_jax.checkpoint_conversion.table import Table, apply_table, to_numpy
+
+TRACKER_PREFIX = "tracker."
+HEAD_PREFIX = "sem_seg_head.predictor."
+REID_PREFIX = HEAD_PREFIX + "reid_embed."
+LAPLACIAN_KEY = HEAD_PREFIX + "laplacian"
+PREFIXES = (TRACKER_PREFIX, REID_PREFIX, LAPLACIAN_KEY)
+SIGNATURE = REID_PREFIX + "layers.0.weight"   # in every CAVIS file (segmenter, online, offline), never in LOMM's
+LAPLACIAN = np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], np.float64)
+
+
+def select(state_dict) -> Dict[str, np.ndarray]:
+  """CAVIS's keys with the tracker / head prefixes stripped (`reid_embed.*`, `laplacian`, tracker keys);
+  a dict without any `tracker.` key is taken as bare keys. Other keys (the segmenter's) are left out."""
+  if not any(k.startswith(TRACKER_PREFIX) for k in state_dict):
+    if any(k.startswith(HEAD_PREFIX) for k in state_dict):
+      raise ConversionError("CAVIS checkpoint: no tracker.* keys (a segmenter-stage checkpoint?); the "
+                            "association method needs the online (CAVIS_online / CAVIS_offline) weights")
+    return {k: to_numpy(v) for k, v in state_dict.items()}
+  selected = {}
+  for key, value in state_dict.items():
+    if key.startswith(TRACKER_PREFIX):
+      selected[key[len(TRACKER_PREFIX):]] = to_numpy(value)
+    elif key.startswith(REID_PREFIX) or key == LAPLACIAN_KEY:
+      selected[key[len(HEAD_PREFIX):]] = to_numpy(value)
+  return selected
+
+
+def infer_dims(sd) -> Dict[str, int]:
+  for key in ("decoder_norm.weight", "class_embed.weight", "transformer_ffn_layers.0.linear1.weight",
+              "reid_embed.layers.0.weight"):
+    if key not in sd:
+      raise ConversionError(f"CAVIS checkpoint: key {key!r} missing (got {len(sd)} keys, e.g. "
+                            f"{sorted(sd)[:5]}); is this a CAVIS online / offline state dict?")
+  count = lambda pattern: max({int(m.group(1)) for k in sd for m in [re.match(pattern, k)] if m}) + 1
+  return dict(hidden_dim=sd["decoder_norm.weight"].shape[0],
+              num_classes=sd["class_embed.weight"].shape[0] - 1,
+              ffn_dim=sd["transformer_ffn_layers.0.linear1.weight"].shape[0],
+              num_layers=count(r"transformer_ffn_layers\.(\d+)\."),
+              reid_hidden_dim=sd["reid_embed.layers.0.weight"].shape[0],
+              num_reid_head_layers=count(r"reid_embed\.layers\.(\d+)\."))
+
+
+def expected_table(hidden_dim, num_classes, ffn_dim, num_layers, reid_hidden_dim, num_reid_head_layers):
+  """{torch key: (expected shape, [(flax path, transform)])}."""
+  c = hidden_dim
+  builder = Table(c)
+  linear, norm, attention = builder.linear, builder.norm, builder.attention
+  for j in range(num_layers):
+    cross, self_attn, ffn = (f"transformer_cross_attention_layers", "transformer_self_attention_layers",
+                             "transformer_ffn_layers")
+    attention(f"{cross}.{j}.multihead_attn", (f"{cross}_{j}", "multihead_attn"))
+    norm(f"{cross}.{j}.norm", (f"{cross}_{j}", "norm"))
+    attention(f"{self_attn}.{j}.self_attn", (f"{self_attn}_{j}", "self_attn"))
+    norm(f"{self_attn}.{j}.norm", (f"{self_attn}_{j}", "norm"))
+    linear(f"{ffn}.{j}.linear1", (f"{ffn}_{j}", "linear1"), ffn_dim, c)
+    linear(f"{ffn}.{j}.linear2", (f"{ffn}_{j}", "linear2"), c, ffn_dim)
+    norm(f"{ffn}.{j}.norm", (f"{ffn}_{j}", "norm"))
+  for i in range(3):
+    linear(f"mask_embed.layers.{i}", ("mask_embed", f"layers_{i}"), c, c)
+  norm("decoder_norm", ("decoder_norm",))
+  linear("class_embed", ("class_embed",), num_classes + 1, c)
+  linear("ctx_query_embed", ("ctx_query_embed",), c, 2 * c)
+  for m in range(num_reid_head_layers):
+    in_dim = 2 * c if m == 0 else reid_hidden_dim
+    out_dim = c if m == num_reid_head_layers - 1 else reid_hidden_dim
+    linear(f"reid_embed.layers.{m}", ("reid_embed", f"layers_{m}"), out_dim, in_dim)
+  builder.entries["laplacian"] = ((1, 1, 3, 3), [])
+  return builder.entries
+
+
+def cavis_from_reference(state_dict, num_heads: int) -> Tuple[ml_collections.ConfigDict, dict]:
+  """Converts a CAVIS checkpoint's association weights (module docstring).
+
+  Args:
+    state_dict: {key: numpy array or torch tensor}: a whole CAVIS online / offline checkpoint (the
+      segmenter's and refiner's keys are left out), or its `tracker.*` + `sem_seg_head.predictor.reid_embed.*`
+      (+ laplacian) keys, or bare keys (`reid_embed.*`, tracker keys without prefix).
+    num_heads: attention heads (not stored; 8 in the authors' configs).
+  Returns:
+    (config, params): config.association.method == 'cavis', config.association.cavis (sizes from the
+    shapes, context_filter_size 9), config.model (hidden_dim, num_classes); params for `models.cavis.CAVIS`.
+  Raises:
+    ConversionError naming every missing, unexpected and mis-shaped key, or a wrong Laplacian.
+  """
+  sd = select(state_dict)
+  dims = infer_dims(sd)
+  if dims["hidden_dim"] % num_heads:
+    raise ConversionError(f"CAVIS checkpoint: hidden_dim {dims['hidden_dim']} not divisible by "
+                          f"num_heads {num_heads}")
+  if "laplacian" in sd and not np.array_equal(np.asarray(sd["laplacian"], np.float64).reshape(3, 3),
+                                              LAPLACIAN):
+    raise ConversionError(f"CAVIS checkpoint: {LAPLACIAN_KEY} is {np.asarray(sd['laplacian']).tolist()}, "
+                          f"expected the 8-neighbour Laplacian {LAPLACIAN.tolist()}")
+  table = expected_table(**dims)
+  if "laplacian" not in sd:   # optional (a bare dict may leave the buffer out)
+    del table["laplacian"]
+  params = apply_table(sd, table, "CAVIS checkpoint (C=%d, K=%d, L=%d)" % (
+      dims["hidden_dim"], dims["num_classes"], dims["num_layers"]))
+  config = ml_collections.ConfigDict()
+  config.association = ml_collections.ConfigDict(dict(method="cavis", cavis=config_lib.default_config()))
+  config.association.cavis.update(num_heads=num_heads, ffn_dim=dims["ffn_dim"], num_layers=dims["num_layers"],
+                                  reid_hidden_dim=dims["reid_hidden_dim"],
+                                  num_reid_head_layers=dims["num_reid_head_layers"])
+  config.model = ml_collections.ConfigDict(dict(hidden_dim=dims["hidden_dim"],
+                                                num_classes=dims["num_classes"]))
+  return config, params
