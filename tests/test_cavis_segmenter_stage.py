@@ -89,6 +89,9 @@ def test_task_loss_holds_the_method_terms(setup):
   outputs, the ReID head of the trainable method params, the last layer's per-frame assignment of every
   clip GT (same keys as the criterion), averaged over the videos."""
   config, workdir, batch = setup
+  config = config.copy_and_resolve_references()
+  config.batch_size = 2                               # two videos of the fixture's batch
+  batch = jax.tree.map(lambda x: x[:2], batch)
   task = tasks.SegmenterTask(config, workdir)
   task._num_masks = losses.average_num_masks          # outside the trainer's shard_map: no device axis
   trainable, frozen = task.init_params(jax.random.PRNGKey(3))
@@ -99,32 +102,36 @@ def test_task_loss_holds_the_method_terms(setup):
   total, terms = jax.jit(lambda p, b, r: task.loss(p, frozen, b, r, 0, "main"))(trainable, batch, rngs)
   assert "loss_contrastive" not in terms      # CAVIS_segmenter has no Eq. 13
 
-  seg = tasks.segmenter_forward(config, trainable["segmenter"], batch["frames"], batch["pixel_valid"])
-  targets = losses.targets_from_batch(batch)
-  method = association.get("cavis")
-  model = method.module(config, hidden_dim=config.model.hidden_dim,
-                        num_classes=config.model.num_classes).bind({"params": trainable["tracker"]})
   filter_size = config.association.cavis.context_filter_size
-  expected, set_totals = {k: [] for k in ("loss_ctx", "loss_ctx_aux", "loss_proto", "loss_proto_aux")}, []
-  num_masks = losses.average_num_masks(jax.vmap(lambda t: losses.segmenter_mask_count(
-      segmenter_loss.clip_targets(t)))(targets))
-  for b in range(config.batch_size):
-    video = jax.tree.map(lambda x: x[b], targets)
-    clip = segmenter_loss.clip_targets(video)
-    set_key, _ = jax.random.split(jax.random.wrap_key_data(rngs[b]))
-    outputs = dict(pred_logits=seg["pred_logits"][b], pred_masks=seg["pred_masks"][b],
-                   aux=[dict(pred_logits=a["pred_logits"][b], pred_masks=a["pred_masks"][b])
-                        for a in seg["aux_outputs"]])
-    set_total, _, query_of_gt = losses.segmenter_criterion_and_assignment(set_key, outputs, clip, num_masks,
-                                                                          task.loss_config)
-    set_totals.append(float(set_total))
-    frames = dict(embeds=seg["pred_embds"][b], masks=seg["pred_masks"][b],
-                  mask_features=seg["mask_features"][b])
-    reid = jax.vmap(lambda f: cavis_step.reid_features(model, filter_size, f))(frames)
-    video_terms = dict(segmenter_loss.context_contrastive_loss(reid, query_of_gt, video))
-    video_terms.update(segmenter_loss.prototype_contrastive_loss(frames["mask_features"], video))
-    for k in expected:
-      expected[k].append(float(video_terms[k]))
+
+  @jax.jit
+  def by_hand(params, batch, rngs):
+    seg = tasks.segmenter_forward(config, params["segmenter"], batch["frames"], batch["pixel_valid"])
+    targets = losses.targets_from_batch(batch)
+    model = association.get("cavis").module(config, hidden_dim=config.model.hidden_dim,
+                                            num_classes=config.model.num_classes).bind({"params": params["tracker"]})
+    num_masks = losses.average_num_masks(jax.vmap(lambda t: losses.segmenter_mask_count(
+        segmenter_loss.clip_targets(t)))(targets))
+    results = []
+    for b in range(config.batch_size):
+      video = jax.tree.map(lambda x: x[b], targets)
+      set_key, _ = jax.random.split(jax.random.wrap_key_data(rngs[b]))
+      outputs = dict(pred_logits=seg["pred_logits"][b], pred_masks=seg["pred_masks"][b],
+                     aux=[dict(pred_logits=a["pred_logits"][b], pred_masks=a["pred_masks"][b])
+                          for a in seg["aux_outputs"]])
+      set_total, _, query_of_gt = losses.segmenter_criterion_and_assignment(
+          set_key, outputs, segmenter_loss.clip_targets(video), num_masks, task.loss_config)
+      frames = dict(embeds=seg["pred_embds"][b], masks=seg["pred_masks"][b],
+                    mask_features=seg["mask_features"][b])
+      reid = jax.vmap(lambda f: cavis_step.reid_features(model, filter_size, f))(frames)
+      video_terms = dict(segmenter_loss.context_contrastive_loss(reid, query_of_gt, video))
+      video_terms.update(segmenter_loss.prototype_contrastive_loss(frames["mask_features"], video))
+      results.append((set_total, video_terms))
+    return results
+
+  results = jax.device_get(by_hand(trainable, batch, rngs))
+  set_totals = [r[0] for r in results]
+  expected = {k: [r[1][k] for r in results] for k in ("loss_ctx", "loss_ctx_aux", "loss_proto", "loss_proto_aux")}
   for k, values in expected.items():
     assert float(terms[k]) == pytest.approx(np.mean(values), rel=1e-4, abs=1e-6), k
   assert float(terms["loss_ctx"]) > 0 and float(terms["loss_proto"]) > 0

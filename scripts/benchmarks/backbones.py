@@ -93,7 +93,7 @@ def run_jax(which, height, width, repeats, dtype, segmenter):
   params = jax.device_put(random_params(shapes))["params"]
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
   start = time.perf_counter()
-  compiled = jax.jit(apply).lower(params, images).compile() if segmenter else apply.lower(params, images).compile()
+  compiled = jax.jit(apply).lower(params, images).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   planned = None
