@@ -19,6 +19,7 @@ Differences from the authors' module (layout only): one video, frames first ([T,
 eval mode casts to float32 on the CPU; float64 stays float64 here, so tests can compare in float64).
 """
 
+import functools
 from typing import Any, Dict
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from o2vis_jax import config_validation
+from o2vis_jax import compile_cache, config_validation
 from o2vis_jax.models import refiner as refiner_model
 from o2vis_jax.models.layers import resolve_dtype
 
@@ -160,6 +161,21 @@ def _output_dtype(x):
 
 def refine_queries(config, params, instance_embeds: jax.Array, frame_embeds: jax.Array, *,
                    train: bool = False) -> Dict[str, Any]:
+  """`_refine_queries` (below), compiled once per (refiner section, train, shapes, dtype): the jitted
+  function is cached on the section's values (`compile_cache`), so repeated calls do not trace again."""
+  section = _section(config)
+  build = lambda section_copy, train: functools.partial(_refine_queries, section_copy, train=train)
+  return compile_cache.cached_jit("refiner.refine_queries", section, build, bool(train))(
+      params, instance_embeds, frame_embeds)
+
+
+def trace_count() -> int:
+  """How many times `refine_queries` (and so `refine`) has been traced: once per section, mode and shape."""
+  return compile_cache.trace_count("refiner.refine_queries")
+
+
+def _refine_queries(config, params, instance_embeds: jax.Array, frame_embeds: jax.Array, *,
+                    train: bool = False) -> Dict[str, Any]:
   """The refiner's layers and heads without the masks.
 
   Args:
@@ -204,4 +220,4 @@ def refine(config, params, instance_embeds: jax.Array, frame_embeds: jax.Array, 
 
 
 __all__ = ["SECTION", "build", "default_config", "init_params", "masks_from_embeddings", "refine",
-           "refine_queries", "sizes_of", "tiny", "validate"]
+           "refine_queries", "sizes_of", "tiny", "trace_count", "validate"]

@@ -272,11 +272,10 @@ class SegmenterTask(_Task):
     num_masks = self._num_masks(jax.vmap(losses.segmenter_mask_count)(set_targets))
 
     def criterion(key, video_outputs, video_frames, video_set_targets, video_targets):
-      set_key, method_key = jax.random.split(key)
       total, terms, query_of_gt = losses.segmenter_criterion_and_assignment(
-          set_key, video_outputs, video_set_targets, num_masks, self.loss_config)
+          key, video_outputs, video_set_targets, num_masks, self.loss_config)
       method_total, method_terms = self.method.segmenter_loss(
-          self.config, method_key, method_params, video_frames, video_targets, query_of_gt)
+          self.config, jax.random.fold_in(key, 1), method_params, video_frames, video_targets, query_of_gt)
       return total + method_total, dict(terms, **method_terms)
 
     return losses.mean_over_videos(criterion, rngs, outputs, frames, set_targets, targets)

@@ -115,7 +115,7 @@ def test_task_loss_holds_the_method_terms(setup):
     results = []
     for b in range(config.batch_size):
       video = jax.tree.map(lambda x: x[b], targets)
-      set_key, _ = jax.random.split(jax.random.wrap_key_data(rngs[b]))
+      set_key = jax.random.wrap_key_data(rngs[b])
       outputs = dict(pred_logits=seg["pred_logits"][b], pred_masks=seg["pred_masks"][b],
                      aux=[dict(pred_logits=a["pred_logits"][b], pred_masks=a["pred_masks"][b])
                           for a in seg["aux_outputs"]])

@@ -2,6 +2,7 @@
 against the AUTHORS' module: tests/fixtures/refiner_reference.npz, written by scripts/make_refiner_fixtures.py
 from LOMM's `lomm/refiner.py` (float64, C=16, 4 heads, FFN 24, K+1=5, L=3, N=4, N_seg=5, masks 6x5)."""
 
+import copy
 import os
 import pickle
 
@@ -257,3 +258,22 @@ def test_validate_names_the_field():
   section.attention_block, section.dtype = 64, "float16"
   with pytest.raises(config_validation.ConfigError, match="config.refiner.dtype"):
     refiner.validate(section)
+
+
+def test_refine_compiles_once_per_section_and_shape(reference):
+  """Repeated calls (the same config, a copy, new params) reuse one compiled program; a new length or
+  a changed section value compiles once more (issue 18)."""
+  config, params = converted(reference, attention_block=16)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  args = inputs(reference, 7, np.float32)
+  before = refiner.trace_count()
+  first = refiner.refine(config, params, *args)
+  refiner.refine(copy.deepcopy(config), jax.tree.map(lambda x: x * 1.0, params), *args)
+  assert refiner.trace_count() == before + 1
+  refiner.refine(config, params, *inputs(reference, 40, np.float32))
+  assert refiner.trace_count() == before + 2
+  changed = copy.deepcopy(config)
+  changed.refiner.frame_chunk = 3
+  again = refiner.refine(changed, params, *args)
+  assert refiner.trace_count() == before + 3
+  np.testing.assert_allclose(again["pred_masks"], first["pred_masks"], rtol=1e-5, atol=1e-5)
