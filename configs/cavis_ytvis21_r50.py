@@ -3,8 +3,9 @@
   python scripts/train.py --config configs/cavis_ytvis21_r50.py --workdir DIR --config.init_checkpoint=CONVERTED
       --config.data.data_dir=BUILT_DATASET
 
-Variant `configs/cavis_ytvis21_r50.py:segmenter` (CAVIS_Segmenter_R50.yaml): the segmenter stage, the segmenter and the
-ReID head from --config.init_checkpoint=MASK2FORMER_COCO (converted); its export is the CONVERTED above.
+Variant `configs/cavis_ytvis21_r50.py:segmenter` (CAVIS_Segmenter_R50.yaml): the segmenter stage; the segmenter
+and the ReID head train from --config.init_checkpoint=MASK2FORMER_COCO (converted); its export is
+the CONVERTED above.
 
 Values: configs/cavis_common.py.
 """

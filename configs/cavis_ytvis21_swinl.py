@@ -4,8 +4,9 @@ segmenter. Fails with a message naming the backbone when o2vis_jax.models.backbo
   python scripts/train.py --config configs/cavis_ytvis21_swinl.py --workdir DIR --config.init_checkpoint=CONVERTED
       --config.data.data_dir=BUILT_DATASET
 
-Variant `configs/cavis_ytvis21_swinl.py:segmenter` (CAVIS_Segmenter_SwinL.yaml): the segmenter stage, the segmenter and the
-ReID head from --config.init_checkpoint=MASK2FORMER_COCO (converted); its export is the CONVERTED above.
+Variant `configs/cavis_ytvis21_swinl.py:segmenter` (CAVIS_Segmenter_SwinL.yaml): the segmenter stage; the segmenter
+and the ReID head train from --config.init_checkpoint=MASK2FORMER_COCO (converted); its export is
+the CONVERTED above.
 
 Values: configs/cavis_common.py.
 """

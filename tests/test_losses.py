@@ -265,6 +265,24 @@ def test_tracker_criterion_terms_and_values():
     assert np.isfinite(float(value))
 
 
+def test_tracker_criterion_matches_every_prediction_set_in_two_host_callbacks():
+  """Issue 18: T_A's main and aux sets are matched in ONE host callback, T_E's aux sets (against the
+  modified targets, which need T_A's main assignment) in a second; with matcher_outputs (early training)
+  the one assignment is reused: one callback. Before: one per set (1 + 2 + 2 here)."""
+  rng = np.random.default_rng(5)
+  outputs, _ = _tracker_outputs(rng)
+  targets = _targets(PRESENT, LABELS, VALID)
+  num_masks = losses.tracker_mask_count(targets)
+  key = jax.random.PRNGKey(0)
+  count = lambda fn: str(jax.make_jaxpr(fn)(outputs)).count("pure_callback")
+  assert CONFIG.matcher == "host"
+  assert count(lambda o: _tracker_criterion(key, o, targets, num_masks, config=CONFIG)) == 2
+  early = lambda o: _tracker_criterion(key, o, targets, num_masks, config=CONFIG,
+                                       matcher_outputs={"pred_logits": o["pred_logits"],
+                                                        "pred_masks": o["pred_masks"]})
+  assert count(early) == 1
+
+
 def test_tracker_criterion_early_training_reuses_the_assignment():
   rng = np.random.default_rng(6)
   outputs, _ = _tracker_outputs(rng)

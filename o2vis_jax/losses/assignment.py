@@ -89,11 +89,11 @@ def consistent_video_matching(costs: jax.Array, present: jax.Array, matcher: str
   unmatched instead of sharing a query). GTs that never appear stay unmatched.
 
   Args:
-    costs: [T, G, N] (from `clip_match_costs`); present: bool [T, G] (already and-ed with the validity of
-      GT and frame).
-  Returns: query_of_gt int32 [G], -1 = unmatched.
+    costs: [..., T, G, N] (from `clip_match_costs`; leading axes: several prediction sets, matched in
+      one call); present: bool [T, G] (already and-ed with the validity of GT and frame).
+  Returns: query_of_gt int32 [..., G], -1 = unmatched.
   """
-  num_frames = costs.shape[0]
+  num_frames = costs.shape[-3]
   # One stage per frame (its first-appearing GTs), sharing the queries: one host call per clip.
   stages = first_appearance(present)[None, :] == jnp.arange(num_frames)[:, None]   # [T, G]
   return staged_hungarian(costs, stages, matcher=matcher)
@@ -109,6 +109,15 @@ def video_assignment(key: jax.Array, pred_logits: jax.Array, pred_masks: jax.Arr
   """The first-appearance consistent assignment (Eq. 10) of one prediction set -> query_of_gt [G]."""
   costs = clip_match_costs(key, pred_logits, pred_masks, targets.labels, targets.masks,
                            config.num_points, CostWeights.of(config))
+  return consistent_video_matching(costs, targets.present, config.matcher)
+
+
+def video_assignments(keys, prediction_sets, targets: VideoTargets, config: LossConfig) -> jax.Array:
+  """`video_assignment` of several prediction sets against the same targets -> query_of_gt [S, G], with
+  one matcher call for all of them (with the host matcher: one host callback instead of S)."""
+  costs = jnp.stack([clip_match_costs(key, preds["pred_logits"], preds["pred_masks"], targets.labels,
+                                      targets.masks, config.num_points, CostWeights.of(config))
+                     for key, preds in zip(keys, prediction_sets)])
   return consistent_video_matching(costs, targets.present, config.matcher)
 
 

@@ -156,7 +156,9 @@ TRAINING_INPUTS = ("gt_labels", "gt_masks", "gt_present", "train_key")
 
 
 class MatcherOptions(NamedTuple):
-  costs: assignment.CostWeights
+  # A string annotation: `losses.assignment` may still be initialising when this package is imported
+  # (it imports `association.ops`, whose package imports the methods).
+  costs: "assignment.CostWeights"
   num_points: int
 
 

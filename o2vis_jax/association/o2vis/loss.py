@@ -135,29 +135,43 @@ def tracker_criterion(key: jax.Array, outputs: Outputs, targets: VideoTargets, n
   key_main, key_e, key_aux = jax.random.split(key, 3)
   aux_keys = jax.random.split(key_aux, max(len(aux) + len(aux_e), 1))
 
-  def match_and_loss(index, preds, set_targets, fixed, suffix):
-    match_key, loss_key = jax.random.split(aux_keys[index])
-    query = fixed if fixed is not None else assignment.video_assignment(
-        match_key, preds["pred_logits"], preds["pred_masks"], set_targets, config)
-    return set_loss(loss_key, preds["pred_logits"], preds["pred_masks"], set_targets, query,
-                    num_masks, config, suffix)
+  split = lambda index: jax.random.split(aux_keys[index])      # (match key, loss key) of aux set index
 
-  match_key, loss_key = jax.random.split(key_main)
-  source = matcher_outputs if matcher_outputs is not None else outputs
-  query_of_gt = assignment.video_assignment(match_key, source["pred_logits"], source["pred_masks"],
-                                            targets, config)
-  fixed = query_of_gt if matcher_outputs is not None else None
+  def assignments(indices, main, set_targets, fixed):
+    """query_of_gt of the aux sets `indices` (and of `main` first, when given): `fixed` reused (early
+    training), or all of them matched in one matcher call (one host callback per group, issue 18)."""
+    if fixed is not None:
+      return [fixed] * len(indices)
+    sets = ([main] if main is not None else []) + [all_aux[i] for i in indices]
+    keys = ([main_match_key] if main is not None else []) + [split(i)[0] for i in indices]
+    queries = assignment.video_assignments(keys, sets, set_targets, config)
+    return [queries[j] for j in range(queries.shape[0])]
+
+  all_aux = list(aux) + list(aux_e)
+  main_match_key, loss_key = jax.random.split(key_main)
+  aux_indices, aux_e_indices = list(range(len(aux))), list(range(len(aux), len(aux) + len(aux_e)))
+  if matcher_outputs is not None:
+    query_of_gt = assignment.video_assignment(main_match_key, matcher_outputs["pred_logits"],
+                                              matcher_outputs["pred_masks"], targets, config)
+    fixed = query_of_gt
+    aux_queries = assignments(aux_indices, None, targets, fixed)
+  else:
+    fixed = None
+    query_of_gt, *aux_queries = assignments(aux_indices, outputs, targets, None)
 
   terms = set_loss(loss_key, outputs["pred_logits"], outputs["pred_masks"], targets, query_of_gt,
                    num_masks, config)
-  for i, preds in enumerate(aux):
-    terms.update(match_and_loss(i, preds, targets, fixed, f"_{i}"))
+  for i, (preds, query) in enumerate(zip(aux, aux_queries)):
+    terms.update(set_loss(split(i)[1], preds["pred_logits"], preds["pred_masks"], targets, query,
+                          num_masks, config, f"_{i}"))
 
   targets_e = modified_targets(targets, query_of_gt, no_object, config.target_rule)
   terms.update(set_loss(key_e, outputs["pred_logits_E"], outputs["pred_masks_E"], targets_e,
                         query_of_gt, num_masks, config, "_E"))
-  for i, preds in enumerate(aux_e):
-    terms.update(match_and_loss(len(aux) + i, preds, targets_e, fixed, f"_E_{i}"))
+  aux_e_queries = assignments(aux_e_indices, None, targets_e, fixed) if aux_e_indices else []
+  for i, (preds, query) in enumerate(zip(aux_e, aux_e_queries)):
+    terms.update(set_loss(split(len(aux) + i)[1], preds["pred_logits"], preds["pred_masks"], targets_e,
+                          query, num_masks, config, f"_E_{i}"))
 
   if config.sim_rule == "reference":
     terms["loss_sim"] = similarity_loss_reference(outputs["similarity"], targets, query_of_gt)
