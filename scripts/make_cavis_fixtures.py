@@ -36,12 +36,12 @@ What it records (float64 unless noted; C=16, 4 heads, N=6 queries, K=4 classes, 
 import argparse
 import importlib.util
 import os
-import subprocess
 import sys
 import tempfile
-import types
 
 import numpy as np
+
+import reference_sources  # scripts/reference_sources.py (next to this script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "cavis_reference.npz")
@@ -59,31 +59,14 @@ FILES = (DECODER, MODULES, VIDEO_LAYERS, VIDEO_POSITIONS, IMAGE_POSITIONS)
 
 
 def read_sources(args):
-  if args.cavis_git_dir:
-    git = ["git", f"--git-dir={args.cavis_git_dir}"]
-    commit = subprocess.check_output(git + ["rev-parse", "HEAD"], text=True).strip()
-    return commit, {p: subprocess.check_output(git + ["show", f"HEAD:{p}"], text=True) for p in FILES}
-  texts = {}
-  for path in FILES:
-    with open(os.path.join(args.cavis_dir, path)) as f:
-      texts[path] = f.read()
-  try:
-    commit = subprocess.check_output(["git", "-C", args.cavis_dir, "rev-parse", "HEAD"], text=True).strip()
-  except (subprocess.CalledProcessError, FileNotFoundError):
-    commit = "unknown"
-  return commit, texts
+  """(commit, {path: text}) of the authors' files, from a git dir or a checkout."""
+  return reference_sources.read_sources(FILES, args.cavis_git_dir, args.cavis_dir)
 
 
 def install_stubs():
-  def module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
+  module = reference_sources.stub_module
 
-  class Registry:
-    def register(self, *args, **kwargs):
-      return lambda obj: obj
+  Registry = reference_sources.Registry
 
   module("fvcore")
   module("fvcore.nn", weight_init=module("fvcore.nn.weight_init", c2_xavier_fill=lambda layer: None))

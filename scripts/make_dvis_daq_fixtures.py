@@ -30,12 +30,13 @@ import argparse
 import importlib
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import types
 
 import numpy as np
+
+import reference_sources  # scripts/reference_sources.py (next to this script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "dvis_daq_reference.npz")
@@ -57,27 +58,14 @@ CASES = {
 
 
 def read_sources(args):
-  if args.git_dir:
-    git = ["git", f"--git-dir={args.git_dir}"]
-    commit = subprocess.check_output(git + ["rev-parse", "HEAD"], text=True).strip()
-    return commit, {p: subprocess.check_output(git + ["show", f"HEAD:{p}"], text=True) for p in FILES}
-  texts = {}
-  for path in FILES:
-    with open(os.path.join(args.repo_dir, path)) as f:
-      texts[path] = f.read()
-  return "unknown", texts
+  """(commit, {path: text}) of the authors' files, from a git dir or a checkout."""
+  return reference_sources.read_sources(FILES, args.git_dir, args.repo_dir)
 
 
 def install_stubs():
-  def module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
+  module = reference_sources.stub_module
 
-  class Registry:
-    def register(self, *args, **kwargs):
-      return lambda obj: obj
+  Registry = reference_sources.Registry
 
   import torch
   module("fvcore")

@@ -25,12 +25,12 @@ for T = 1, 7, 40.
 import argparse
 import importlib.util
 import os
-import subprocess
 import sys
 import tempfile
-import types
 
 import numpy as np
+
+import reference_sources  # scripts/reference_sources.py (next to this script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "refiner_reference.npz")
@@ -44,35 +44,15 @@ LAYERS_FILE = "mask2former_video/modeling/transformer_decoder/video_mask2former_
 
 
 def read_sources(args):
-  """(commit, {path: text}) of the two files, from a git dir or a checkout."""
-  if args.lomm_git_dir:
-    git = ["git", f"--git-dir={args.lomm_git_dir}"]
-    commit = subprocess.check_output(git + ["rev-parse", "HEAD"], text=True).strip()
-    texts = {p: subprocess.check_output(git + ["show", f"HEAD:{p}"], text=True)
-             for p in (REFINER, LAYERS_FILE)}
-    return commit, texts
-  texts = {}
-  for path in (REFINER, LAYERS_FILE):
-    with open(os.path.join(args.lomm_dir, path)) as f:
-      texts[path] = f.read()
-  try:
-    commit = subprocess.check_output(["git", "-C", args.lomm_dir, "rev-parse", "HEAD"], text=True).strip()
-  except (subprocess.CalledProcessError, FileNotFoundError):
-    commit = "unknown"
-  return commit, texts
+  """(commit, {path: text}) of the authors' files, from a git dir or a checkout."""
+  return reference_sources.read_sources((REFINER, LAYERS_FILE), args.lomm_git_dir, args.lomm_dir)
 
 
 def install_stubs():
   """sys.modules stubs for the imports of the layer file that the refiner does not use."""
-  def module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
+  module = reference_sources.stub_module
 
-  class Registry:
-    def register(self, *args, **kwargs):
-      return lambda obj: obj
+  Registry = reference_sources.Registry
 
   module("fvcore")
   module("fvcore.nn", weight_init=module("fvcore.nn.weight_init"))

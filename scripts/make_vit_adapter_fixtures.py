@@ -44,9 +44,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import types
 
 import numpy as np
+
+import reference_sources  # scripts/reference_sources.py (next to this script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "vit_adapter_reference.npz")
@@ -101,15 +102,9 @@ def copy_sources(git_dir, checkout, wanted, workdir):
 def install_stubs(workdir):
   import torch
 
-  def module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
+  module = reference_sources.stub_module
 
-  class Registry:
-    def register(self, *args, **kwargs):
-      return lambda obj: obj
+  Registry = reference_sources.Registry
 
   class DropPath(torch.nn.Module):   # drop_path is 0 in every setting used here
     def __init__(self, *args, **kwargs):
