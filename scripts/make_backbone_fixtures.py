@@ -36,11 +36,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import types
 
 import numpy as np
+
+import reference_sources  # scripts/reference_sources.py (next to this script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "backbones_reference.npz")
@@ -68,11 +69,7 @@ def read_swin_source(args):
 def install_stubs():
   import torch
 
-  def module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
+  module = reference_sources.stub_module
 
   class DropPath(torch.nn.Module):     # eval: the identity (timm's DropPath in eval mode)
     def __init__(self, drop_prob=0.0):
@@ -81,9 +78,7 @@ def install_stubs():
     def forward(self, x):
       return x
 
-  class Registry:
-    def register(self, *args, **kwargs):
-      return lambda obj: obj
+  Registry = reference_sources.Registry
 
   class Backbone(torch.nn.Module):
     def __init__(self):
@@ -155,6 +150,8 @@ def run_sizes(prefix, forward, rng):
 
 
 def hf_backbone_case(prefix, model_class, config, seed, rng):
+  import torch
+  torch.manual_seed(seed)   # the default init that `randomise` adds to: the same on every run
   model = randomise(model_class(config).eval(), seed).double()
   arrays = state_arrays(prefix, model)
   arrays[f"{prefix}/config"] = np.frombuffer(json.dumps(config.to_dict(), default=str).encode(), np.uint8)
@@ -169,6 +166,8 @@ def d2_swin_case(prefix, d2_class, seed, rng, **overrides):
               OUT_FEATURES=["res2", "res3", "res4", "res5"])
   swin.update(overrides)
   cfg = types.SimpleNamespace(MODEL=types.SimpleNamespace(SWIN=types.SimpleNamespace(**swin)))
+  import torch
+  torch.manual_seed(seed)   # the default init that `randomise` adds to: the same on every run
   model = d2_class(cfg, None)
   model.eval()       # its train() override returns None
   model = randomise(model, seed).double()
