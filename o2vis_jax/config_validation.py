@@ -404,3 +404,11 @@ def _training(config) -> None:
     raise ConfigError(f"config.train.task={task!r} trains the association method, but "
                       f"config.association.method={method.name!r} is training-free (nothing to train); "
                       f"choose one of {trainable}, or config.train.task='segmenter'")
+  if config.get("train", {}).get("freeze_segmenter", False) and task in ("segmenter", "segmenter+tracker"):
+    if not method.segmenter_stage_params:
+      raise ConfigError(f"config.train.freeze_segmenter=True: the segmenter stage would train nothing, "
+                        f"config.association.method={method.name!r} has no segmenter-stage params "
+                        "(e.g. 'cavis' has its ReID head)")
+    if not config.get("init_checkpoint", ""):
+      raise ConfigError("config.train.freeze_segmenter=True needs config.init_checkpoint: the trained "
+                        "segmenter to keep fixed")

@@ -530,6 +530,9 @@ class VideoPredictor:
       raise ValueError(f"association method {method.name!r} needs trained parameters, but the checkpoint "
                        f"holds only {sorted(params)}: run a training-free method instead "
                        f"(e.g. --method training_free)")
+    from o2vis_jax.checkpoint_conversion import io as checkpoint_io
+    if method.trainable and checkpoint_io.segmenter_stage_only(config, params):   # e.g. CAVIS_segmenter
+      raise ValueError(checkpoint_io.segmenter_stage_message(config))
     inference = config.inference
     refiner = None
     if offline:

@@ -25,6 +25,7 @@ import numpy as np
 
 from o2vis_jax import association
 from o2vis_jax import losses
+from o2vis_jax.checkpoint_conversion import io as checkpoint_io
 from o2vis_jax.models import build_segmenter, init_segmenter_params
 from o2vis_jax.train import DATA_AXIS
 
@@ -184,6 +185,8 @@ class TrackingTask(_Task):
                                 if self.config.get("init_tracker", False) else ("segmenter",))
       segmenter = loaded["segmenter"]
       tracker = loaded.get("tracker") if self.config.get("init_tracker", False) else None
+      if tracker is not None and checkpoint_io.segmenter_stage_only(self.config, loaded):
+        tracker = None   # the segmenter stage's subtrees only: a fresh tracker takes them below
       logging.info("segmenter from %s%s", init, "" if tracker is None else " (and tracker)")
     else:
       logging.warning("config.init_checkpoint is empty: the frozen segmenter is RANDOMLY initialised.")
@@ -222,7 +225,9 @@ class SegmenterTask(_Task):
   A method with `segmenter_stage_params` (CAVIS's ReID head) trains them here: the trainable params are
   then {'segmenter', 'tracker': the method's params}, the rest of the method's params kept fixed, and the
   export holds both (the tracker stage reads the trained subtrees from it). Otherwise they are the
-  segmenter's params alone."""
+  segmenter's params alone. `train.freeze_segmenter` (a method with `segmenter_stage_params` on a shared,
+  already trained segmenter: e.g. CAVIS's ReID head on the demo's) keeps the init checkpoint's segmenter
+  fixed, without gradient: only {'tracker': the method's params} train, the export holds both."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None):
     super().__init__(config, workdir)
@@ -236,6 +241,12 @@ class SegmenterTask(_Task):
       shapes = self.method.param_shapes(config, num_classes=model.num_classes, hidden_dim=model.hidden_dim)
       self.frozen_subtrees = tuple(f"tracker/{name}" for name in shapes
                                    if name not in self.method.segmenter_stage_params)
+    self.freeze_segmenter = bool(config.train.get("freeze_segmenter", False))
+    if self.freeze_segmenter and not (self.trains_method and config.get("init_checkpoint", "")):
+      raise ValueError("config.train.freeze_segmenter=True trains only the association method's segmenter-"
+                       f"stage params on a trained segmenter: method {self.method.name!r} has "
+                       f"{'none' if not self.trains_method else 'them'}"
+                       + ("" if config.get("init_checkpoint", "") else ", and config.init_checkpoint is empty"))
 
   def init_params(self, rng):
     seg_rng, method_rng = jax.random.split(rng)
@@ -247,20 +258,36 @@ class SegmenterTask(_Task):
     model = self.config.model
     if self.config.get("init_tracker", False) and "tracker" in loaded:
       tracker = loaded["tracker"]
+      if checkpoint_io.segmenter_stage_only(self.config, loaded):   # e.g. CAVIS_segmenter: its ReID head only
+        tracker = self.method.init_params(self.config, method_rng, num_classes=model.num_classes,
+                                          hidden_dim=model.hidden_dim)
+        tracker = with_segmenter_stage_params(self.method, tracker, loaded["tracker"], init)
     else:
       tracker = self.method.init_params(self.config, method_rng, num_classes=model.num_classes,
                                         hidden_dim=model.hidden_dim)
+    if self.freeze_segmenter:
+      return {"tracker": tracker}, {"segmenter": params}
     return {"segmenter": params, "tracker": tracker}, {}
 
   def export_params(self, params) -> Dict[str, Any]:
-    """The trained params as an export ({'segmenter', 'tracker'?}, `train.export`)."""
-    return dict(params) if self.trains_method else {"segmenter": params}
+    """The trained params as an export ({'segmenter', 'tracker'?}, `train.export`): the tracker holds only
+    the method's `segmenter_stage_params` (the rest is untrained; `io.segmenter_stage_only`)."""
+    if not self.trains_method:
+      return {"segmenter": params}
+    if self.freeze_segmenter:   # the frozen segmenter as loaded
+      params = dict(params, segmenter=load_init_params(self.config.init_checkpoint, self.config)["segmenter"])
+    return {"segmenter": params["segmenter"],
+            "tracker": {name: params["tracker"][name] for name in self.method.segmenter_stage_params}}
 
   def loss(self, trainable, frozen, batch, rngs, step, phase):
-    del frozen, step, phase
-    segmenter, method_params = (trainable["segmenter"], trainable["tracker"]) if self.trains_method \
+    del step, phase
+    segmenter, method_params = (trainable.get("segmenter"), trainable["tracker"]) if self.trains_method \
         else (trainable, {})
+    if self.freeze_segmenter:
+      segmenter = frozen["segmenter"]
     seg = segmenter_forward(self.config, segmenter, batch["frames"], batch["pixel_valid"])
+    if self.freeze_segmenter:
+      seg = jax.lax.stop_gradient(seg)
     outputs = dict(pred_logits=seg["pred_logits"], pred_masks=seg["pred_masks"],
                    aux=[dict(pred_logits=a["pred_logits"], pred_masks=a["pred_masks"])
                         for a in seg["aux_outputs"]])
@@ -397,6 +424,9 @@ class RefinerTask(_Task):
     loaded = load_init_params(init, self.config, parts)
     expected_tracker = jax.tree.leaves(self.method.param_shapes(
         self.config, num_classes=self.config.model.num_classes, hidden_dim=self.config.model.hidden_dim))
+    if checkpoint_io.segmenter_stage_only(self.config, loaded):
+      raise ValueError("config.train.task='refiner' runs the frozen online model: "
+                       + checkpoint_io.segmenter_stage_message(self.config, init))
     missing = [part for part in parts if part not in loaded
                and not (part == "tracker" and not expected_tracker)]
     if missing:

@@ -6,7 +6,8 @@
 Input: a HuggingFace `Mask2FormerForUniversalSegmentation` state dict (needs --hf_config, the
 model's config.json) or a detectron2 layout checkpoint (Mask2Former / MinVIS / DVIS / LOMM:
 backbone.*, sem_seg_head.*, and for LOMM also tracker.*; CAVIS online / offline: tracker.* and the
-ReID head sem_seg_head.predictor.reid_embed.*, recognised as association method 'cavis'). File formats: see
+ReID head sem_seg_head.predictor.reid_embed.*, recognised as association method 'cavis'; a CAVIS segmenter
+file's ReID head becomes the segmenter-stage tracker {'reid_embed'} of 'cavis'). File formats: see
 o2vis_jax/checkpoint_conversion/io.py. Output: `config.json` (configs/base.py with the converted
 model / tracker sections) and an orbax checkpoint `params/` holding {'segmenter': ...,
 'tracker': ...}; read both back with `o2vis_jax.checkpoint_conversion.load_converted(dir)`.
@@ -87,7 +88,11 @@ def main(argv):
     print(f"wrote {kept} (see {released.UNCONVERTED_NOTE})")
   print(f"wrote {output_dir}: segmenter {backbones.describe(config.model.backbone)}, K={config.model.num_classes}, "
         f"N={config.model.num_queries}; parts: {sorted(params)}")
-  if "tracker" in params:   # which association method the weights are (LOMM: o2vis; CAVIS: cavis; ...)
+  if "tracker" in params and io.segmenter_stage_only(config, params):   # a CAVIS segmenter file
+    print(f"association method {config.association.method!r}, segmenter stage only (tracker: "
+          f"{sorted(params['tracker'])}): train its tracker stage with --config.init_checkpoint={output_dir}, "
+          "or run a training-free method (python scripts/infer.py --method training_free)")
+  elif "tracker" in params:   # which association method the weights are (LOMM: o2vis; CAVIS: cavis; ...)
     method = config.association.method
     print(f"association method {method!r} (recorded as config.association.method): run it with "
           f"python scripts/infer.py --checkpoint {output_dir}")

@@ -3,6 +3,8 @@ r"""O2VIS end to end on the built-in synthetic occlusion dataset, on a laptop CP
   python scripts/demo.py                       # the shipped checkpoint (assets/synthetic_tiny)
   python scripts/demo.py --train               # train segmenter + trackers here first (configs/synthetic_tiny.py)
   python scripts/demo.py --methods o2vis,minvis   # other association methods (rows), by registry name
+  python scripts/demo.py --methods o2vis,minvis,cavis,dvis_daq   # CAVIS / DVIS-DAQ from their own weights
+      (assets/synthetic_tiny_<method>/, trained by configs/synthetic_tiny_<method>.py; --method_checkpoints)
 
 Steps (each also available on its own, shown in brackets):
   1. generate a held-out synthetic split (objects enter late, leave and re-enter, hide behind occluders)
@@ -73,7 +75,14 @@ _METHODS = flags.DEFINE_list(
     f"Association methods to run and compare, comma-separated, one table row each, in this order; any of "
     f"{', '.join(association.names())} (see scripts/infer.py --help). Default: o2vis (the full O2VIS), "
     "training_free (IOM + OHM without trackers, Table 3(a) row 5) and minvis (no memory + Hungarian, "
-    "row 1). A trainable method other than the checkpoint's needs its own --checkpoint.")
+    "row 1). A trainable method other than the checkpoint's runs from its own checkpoint "
+    "(--method_checkpoints).")
+_METHOD_CHECKPOINTS = flags.DEFINE_list(
+    "method_checkpoints", [],
+    "NAME=DIR,...: the converted checkpoint of trainable method NAME of --methods, used when --checkpoint "
+    "holds no trained NAME (e.g. cavis, dvis_daq next to the shipped O2VIS). Default for NAME: "
+    "assets/synthetic_tiny_NAME (the export of configs/synthetic_tiny_NAME.py). Its row runs its own "
+    "segmenter and weights on the held-out videos of --checkpoint's data settings.")
 _REDUCED = flags.DEFINE_bool("reduced", False, "A quick run (3 videos of 12 frames) for smoke tests.")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Disable the progress bars.")
 
@@ -100,17 +109,88 @@ def method_config(config, name: str):
   return config
 
 
-def check_weights(source: str, config, has_tracker: bool, names) -> None:
+def check_weights(source: str, config, has_tracker: bool, names, params=None) -> None:
   """A trainable method runs only on its own trained weights: those of `config`'s method, if `source`
-  (a checkpoint, or the config --train trains) has tracker weights at all."""
+  (a checkpoint, or the config --train trains) has tracker weights at all, and not only the segmenter
+  stage's (`params`, the checkpoint's: e.g. a CAVIS_segmenter file's ReID head)."""
+  from o2vis_jax.checkpoint_conversion import io as checkpoint_io
   trained_for = association.method_of(config)
+  segmenter_stage = params is not None and checkpoint_io.segmenter_stage_only(config, params)
   for name in names:
     method = association.get(name)
+    if method.trainable and method is trained_for and segmenter_stage:
+      raise cli.InputError(f"--methods {name}: {checkpoint_io.segmenter_stage_message(config, source)}")
     if method.trainable and (method is not trained_for or not has_tracker):
       held = f"the tracker weights of {trained_for.name!r}" if has_tracker else "no tracker weights"
       training_free = [n for n in association.names() if not association.get(n).trainable]
       raise cli.InputError(f"--methods {name}: {source} gives {held}; give the --checkpoint of a trained "
                            f"{name!r} model, or drop it from --methods (training-free: {training_free})")
+
+
+def default_method_checkpoint(name: str) -> str:
+  return os.path.join(_REPO, "assets", f"synthetic_tiny_{name}")
+
+
+def parse_method_checkpoints(entries) -> dict:
+  """--method_checkpoints' NAME=DIR entries -> {name: dir}; one line naming a bad entry."""
+  parsed = {}
+  for entry in entries:
+    name, sep, directory = entry.partition("=")
+    if not sep or not name or not directory:
+      raise cli.InputError(f"--method_checkpoints: {entry!r} is not NAME=DIR")
+    if name not in association.names() or not association.get(name).trainable:
+      trainable = [n for n in association.names() if association.get(n).trainable]
+      raise cli.InputError(f"--method_checkpoints: {name!r} is not a trainable method ({trainable})")
+    if name in parsed:
+      raise cli.InputError(f"--method_checkpoints: {name!r} given twice")
+    parsed[name] = directory
+  return parsed
+
+
+def method_checkpoint_dirs(config, has_tracker: bool, names, overrides) -> dict:
+  """{name: directory} for each trainable method of `names` that the checkpoint of `config` (with or without
+  tracker weights) does not run: --method_checkpoints' directory, else `default_method_checkpoint`."""
+  trained_for = association.method_of(config)
+  return {name: overrides.get(name, default_method_checkpoint(name)) for name in names
+          if association.get(name).trainable and (association.get(name) is not trained_for or not has_tracker)}
+
+
+# The data settings a method checkpoint must share with --checkpoint: the rows run on the same held-out videos.
+SHARED_DATA_FIELDS = ("synthetic_size", "synthetic_radius_range", "synthetic_appearance")
+
+
+def load_method_checkpoints(source: str, config, params, directories: dict) -> dict:
+  """{name: (directory, config, params)} of each method's own checkpoint (`method_checkpoint_dirs`), checked
+  before any data is generated: it exists, holds `name`'s trained weights, was trained for the data of
+  `source` (config/params: --checkpoint's; params None with --train), and a note when its segmenter is not
+  `source`'s (its row is then not on the same segmenter as the others)."""
+  import jax
+  import numpy as np
+  from o2vis_jax.checkpoint_conversion import load_converted
+  loaded = {}
+  for name, directory in directories.items():
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+      raise cli.InputError(
+          f"--methods {name}: {source} holds no trained {name!r} weights, and {directory} (its own "
+          f"checkpoint; --method_checkpoints {name}=DIR) is not a checkpoint directory: train one "
+          f"(python scripts/train.py --config configs/synthetic_tiny_{name}.py --workdir W, then W/export) "
+          f"or drop {name!r} from --methods")
+    method_config_, method_params = load_converted(directory)
+    check_weights(directory, method_config_, "tracker" in method_params, [name], method_params)
+    for field in SHARED_DATA_FIELDS:
+      mine, theirs = method_config_.data.get(field), config.data.get(field)
+      if mine is not None and theirs is not None and list(np.ravel(mine)) != list(np.ravel(theirs)):
+        raise cli.InputError(f"--methods {name}: {directory} was trained for data.{field}={mine!r}, "
+                             f"{source} for {theirs!r}: retrain it on {source}'s segmenter "
+                             f"(configs/synthetic_tiny_{name}.py)")
+    if params is not None:
+      same = jax.tree.structure(params["segmenter"]) == jax.tree.structure(method_params["segmenter"]) and all(
+          np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params["segmenter"]),
+                                               jax.tree.leaves(method_params["segmenter"])))
+      if not same:
+        print(f"note: row {name!r} runs the segmenter of {directory}, not that of {source}")
+    loaded[name] = (directory, method_config_, method_params)
+  return loaded
 
 
 def offline_predictor(inference, config, params):
@@ -160,16 +240,23 @@ def main(argv):
 
   workdir = cli.check_output_dir(_WORKDIR.value, "workdir")
   progress = not _NO_PROGRESS.value
+  method_checkpoints = parse_method_checkpoints(_METHOD_CHECKPOINTS.value)
   num_videos, num_frames = (3, 12) if _REDUCED.value else (_VIDEOS.value, _FRAMES.value)
 
   if _TRAIN.value:   # before the hour of training
     from configs import synthetic_tiny
     from o2vis_jax import config_validation
     train_config = config_validation.validate(synthetic_tiny.get_config(), training=True)
-    check_weights("--train (configs/synthetic_tiny.py)", train_config, True, _METHODS.value)
+    train_dirs = method_checkpoint_dirs(train_config, True, _METHODS.value, method_checkpoints)
+    check_weights("--train (configs/synthetic_tiny.py)", train_config, True,
+                  [n for n in _METHODS.value if n not in train_dirs])
+    load_method_checkpoints("--train (configs/synthetic_tiny.py)", train_config, None, train_dirs)
   checkpoint = obtain_checkpoint(workdir, progress)
   config, params = load_converted(checkpoint)   # the checkpoint reader: one line naming a bad file
-  check_weights(checkpoint, config, "tracker" in params, _METHODS.value)
+  own_dirs = method_checkpoint_dirs(config, "tracker" in params, _METHODS.value, method_checkpoints)
+  check_weights(checkpoint, config, "tracker" in params, [n for n in _METHODS.value if n not in own_dirs],
+                params)
+  own_weights = load_method_checkpoints(checkpoint, config, params, own_dirs)
 
   data_dir = os.path.join(workdir, "data")
   print(f"step 1/5: generating {num_videos} held-out synthetic videos of {num_frames} frames "
@@ -197,7 +284,8 @@ def main(argv):
     rows.append((name, label, metrics))
 
   for index, name in enumerate(_METHODS.value):
-    predictor = inference.VideoPredictor.from_config(method_config(config, name), params)
+    row_config, row_params = own_weights[name][1:] if name in own_weights else (config, params)
+    predictor = inference.VideoPredictor.from_config(method_config(row_config, name), row_params)
     run_row(name, row_label(name), predictor, f"{index + 1}/{len(_METHODS.value)}")
     if index == 0:
       first_predictor = predictor

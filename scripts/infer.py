@@ -271,6 +271,10 @@ def _load_model():
       raise cli.InputError(f"--method {method.name}: checkpoint {_CHECKPOINT.value!r} holds the tracker "
                            f"weights of {trained_for.name!r}; give a checkpoint of {method.name!r} or "
                            "a training-free method")
+  if params is not None and association.method_of(config).trainable:
+    from o2vis_jax.checkpoint_conversion import io as checkpoint_io
+    if checkpoint_io.segmenter_stage_only(config, params):   # e.g. a converted CAVIS_segmenter file
+      raise cli.InputError(checkpoint_io.segmenter_stage_message(config, _CHECKPOINT.value))
   if params is None:
     logging.warning("random weights (--config without --checkpoint): outputs are meaningless")
     params = inference.init_params(config, seed=_SEED.value, **_offline())   # --offline: a refiner too

@@ -17,7 +17,7 @@ the model the config describes. Every problem with a file is a `CheckpointError`
 
 import os
 import pickle
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -280,15 +280,52 @@ def expected_param_shapes(config, parts: Sequence[str] = PARTS) -> Dict[str, Tup
   return shapes
 
 
+def segmenter_stage_only(config, params) -> bool:
+  """Whether params['tracker'] is the tracker of a SEGMENTER stage: it holds only the association method's
+  `segmenter_stage_params` subtrees (CAVIS's ReID head: a CAVIS_segmenter file, or the export of a
+  segmenter-stage run), a non-empty proper subset of the method's params. Such a checkpoint starts the
+  tracker stage (`tasks.with_segmenter_stage_params`); it cannot run inference with that method."""
+  from o2vis_jax import association
+  if not _holds_segmenter_stage_names(config, params):
+    return False
+  model = config.model   # (the method's whole tree is built only for a candidate)
+  full = association.method_of(config).param_shapes(config, num_classes=model.num_classes,
+                                                    hidden_dim=model.hidden_dim)
+  return set(params["tracker"]) < set(full)
+
+
+def _holds_segmenter_stage_names(config, params) -> bool:
+  from o2vis_jax import association
+  tracker = params.get("tracker") if isinstance(params, dict) else None
+  names = association.method_of(config).segmenter_stage_params
+  return bool(names) and isinstance(tracker, dict) and set(tracker) == set(names)
+
+
+def segmenter_stage_message(config, source: Optional[str] = None) -> str:
+  """The one line that refuses inference on a `segmenter_stage_only` checkpoint (directory `source`)."""
+  from o2vis_jax import association
+  method = association.method_of(config)
+  return (f"association method {method.name!r} needs its trained tracker; {source or 'the checkpoint'} holds "
+          f"only the segmenter stage's {sorted(method.segmenter_stage_params)}: train the tracker stage "
+          f"(train.task='tracker', config.init_checkpoint={source or '<this checkpoint>'}) or run a "
+          "training-free method")
+
+
 def check_param_shapes(params, config, where: str, config_name: str,
                        parts: Sequence[str] = PARTS) -> None:
   """The params of `parts` have the shapes `config` implies; a CheckpointError names the first
   missing, unexpected or mis-shaped parameter and both shapes. `parts` absent from `params` are
-  skipped (an export of the segmenter stage has no 'tracker'), and so is a method without params."""
+  skipped (an export of the segmenter stage has no 'tracker'), and so is a method without params. A
+  segmenter-stage tracker (`segmenter_stage_only`) is checked on its subtrees only."""
   present = [part for part in parts if part in params]
   expected = expected_param_shapes(config, present)
   if "tracker" in present and not any(k.startswith("tracker/") for k in expected):
     present.remove("tracker")   # a training-free method: the tracker weights are not its own
+  elif "tracker" in present and _holds_segmenter_stage_names(config, params):
+    names = set(params["tracker"])
+    if names < {path.split("/")[1] for path in expected if path.startswith("tracker/")}:   # segmenter_stage_only
+      expected = {path: shape for path, shape in expected.items()
+                  if not path.startswith("tracker/") or path.split("/")[1] in names}
   got = flat_shapes({part: params[part] for part in present})
   for path, shape in expected.items():
     if path not in got:

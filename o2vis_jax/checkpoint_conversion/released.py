@@ -13,9 +13,11 @@
 
 `convert_released(path)` converts what this library runs and keeps the rest as unconverted arrays with a
 note (never dropped): the DVIS++ tracker and DVIS++ / DVIS-DAQ refiners (methods not built here), the
-segmenter-stage ReID heads of DVIS++ / CAVIS (used only to train the segmenter contrastively; a CAVIS
-online checkpoint's head is converted with its tracker). Keys that belong to no known part are listed by
-name in the error. scripts/convert_checkpoint.py writes the unconverted arrays to `unconverted.npz`
+segmenter-stage ReID head of DVIS++ (used only to train the segmenter contrastively). A CAVIS online
+checkpoint's ReID head is converted with its tracker; a CAVIS segmenter file's head (+ the Laplacian, checked)
+becomes the segmenter stage's tracker params['tracker'] = {'reid_embed'} of method 'cavis', from which the
+CAVIS tracker stage starts (inference refuses it: `io.segmenter_stage_only`). Keys that belong to no known
+part are listed by name in the error. scripts/convert_checkpoint.py writes the unconverted arrays to `unconverted.npz`
 (original key names) next to config.json, with `UNCONVERTED.txt` saying what they are.
 """
 
@@ -42,9 +44,10 @@ NOTES = {
                    "o2vis-jax (its online tracker is, method 'dvis_daq'); kept as the authors' arrays",
     "dvisplus_reid": "DVIS++ / CTVIS segmenter ReID head (sem_seg_head.predictor.reid_embed.*, C -> C): used only "
                      "by the contrastive loss of segmenter training; kept as the authors' arrays",
-    "cavis_reid": "CAVIS segmenter-stage ReID head (sem_seg_head.predictor.reid_embed.* 2C -> C, laplacian): the "
-                  "CAVIS method needs the online checkpoint's tracker; kept as the authors' arrays",
 }
+CAVIS_SEGMENTER_STAGE = ("converted: CAVIS segmenter-stage ReID head -> tracker/reid_embed; the CAVIS tracker stage "
+                         "starts from it (train.task='tracker', config.init_checkpoint=this directory); inference "
+                         "with 'cavis' needs that trained tracker")
 
 
 @dataclasses.dataclass
@@ -151,9 +154,11 @@ class Converted:
   identity: Optional[Identity]
   unconverted: Dict[str, Dict[str, np.ndarray]]   # part -> {original key: array}
   notes: Dict[str, str]                           # part -> what it is and why it is not converted
+  converted_notes: List[str] = dataclasses.field(default_factory=list)   # what a converted part is for
 
   def describe(self) -> List[str]:
     lines = [f"recognised: {self.identity.name}" if self.identity else "recognised: HF layout segmenter"]
+    lines.extend(self.converted_notes)
     for part, arrays in self.unconverted.items():
       lines.append(f"kept unconverted: {part} ({len(arrays)} arrays): {self.notes[part]}")
     return lines
@@ -180,7 +185,8 @@ def convert_state_dict(state_dict: Mapping, layout: str = "auto", hf_config: Opt
   if layout not in ("auto", "hf", "detectron2"):
     raise ValueError(f"layout must be 'auto', 'hf' or 'detectron2', got {layout!r}")
   config = defaults.base_config()
-  unconverted, notes = {}, {}
+  unconverted, notes, converted_notes = {}, {}, []
+  segmenter_stage_keys = {}
   identity = None
   if layout != "hf" and any(k.startswith("sem_seg_head.") for k in sd):   # a detectron2-layout checkpoint
     identity = identify(sd)
@@ -199,8 +205,8 @@ def convert_state_dict(state_dict: Mapping, layout: str = "auto", hf_config: Opt
            _take(sd, lambda k: k.startswith(REFINER)))
     if identity.segmenter_kind == "dvisplus":
       keep("dvisplus_reid", _take(sd, lambda k: k.startswith(REID)))
-    if identity.segmenter_kind == "cavis" and identity.tracker_kind != "cavis":
-      keep("cavis_reid", _take(sd, lambda k: k.startswith(REID) or k == LAPLACIAN))
+    if identity.segmenter_kind == "cavis" and identity.tracker_kind is None:   # a CAVIS segmenter file
+      segmenter_stage_keys = _take(sd, lambda k: k.startswith(REID) or k == LAPLACIAN)
 
   # The association method: the registered method that claims the rest (its own keys; shared keys stay with
   # the segmenter too).
@@ -230,10 +236,16 @@ def convert_state_dict(state_dict: Mapping, layout: str = "auto", hf_config: Opt
                                                                                       num_heads=num_heads)
   config.model = model_config
   params = {"segmenter": segmenter_params}
-  if method_name is not None:
+  if segmenter_stage_keys:   # the tracker of CAVIS's segmenter stage: its ReID head alone
+    from o2vis_jax.association.cavis import convert as cavis_convert
+    method_name, (method_config, method_params) = "cavis", cavis_convert.reid_head_from_reference(
+        segmenter_stage_keys, num_heads)
+    converted_notes.append(CAVIS_SEGMENTER_STAGE)
+  elif method_name is not None:
     method_config, method_params = association.get(method_name).from_reference(method_keys, num_heads)
+  if method_name is not None:
     for field in ("hidden_dim", "num_classes"):
-      if "model" in method_config and method_config.model[field] != model_config[field]:
+      if field in method_config.get("model", {}) and method_config.model[field] != model_config[field]:
         raise ConversionError(f"{where}: the {method_name} weights have {field} {method_config.model[field]}, "
                               f"the segmenter has {model_config[field]}")
     config.association.method = method_name
@@ -248,7 +260,7 @@ def convert_state_dict(state_dict: Mapping, layout: str = "auto", hf_config: Opt
                               f"the segmenter has {model_config[field]}")
     config.refiner = refiner_config.refiner
     params["refiner"] = refiner_params
-  return Converted(config, params, identity, unconverted, notes)
+  return Converted(config, params, identity, unconverted, notes, converted_notes)
 
 
 UNCONVERTED_FILE, UNCONVERTED_NOTE = "unconverted.npz", "UNCONVERTED.txt"

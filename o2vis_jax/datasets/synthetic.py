@@ -10,8 +10,11 @@ that identity needs memory.
 What a class looks like (`appearance='class'`, the default): its shape, a colour family (a hue band; the
 saturation and brightness vary per object) and a texture, so that a small model trained from scratch can
 tell the classes apart (as real categories differ in more than outline), while objects of one class still
-look alike: a look-alike group shares one colour (within a few levels), texture and size, and only motion and
-memory tell them apart. `appearance='random'` is the earlier dataset, bit for bit (any colour and texture
+look alike: a look-alike group shares one hue, texture and size, and each member keeps one trait of its own
+for the whole video (a brightness level and a texture scale, LOOKALIKE_LEVELS), as individuals of one
+category do in real videos: frame to frame they are easily confused, and after a full occlusion only a
+memory of that trait tells who came back (identical copies could only be told apart by motion, which no
+method of this library models). `appearance='random'` is the earlier dataset, bit for bit (any colour and texture
 for any class: only the shape tells the class), kept for comparisons and for models trained on it.
 
 Masks are the visible (modal) regions of the rendered label map, stored as uncompressed RLE like the
@@ -43,6 +46,9 @@ TEXTURES = ("solid", "stripes", "checker", "dots")
 CLASS_HUES = (0.0, 120.0, 225.0, 50.0, 290.0)
 CLASS_TEXTURES = ("solid", "stripes", "checker", "dots", "solid")
 APPEARANCES = ("class", "random")
+# `appearance='class'`: a look-alike group's members differ only by these (brightness factor, texture
+# frequency) levels, one level per member, drawn without replacement.
+LOOKALIKE_LEVELS = ((0.62, 2.5), (0.82, 3.6), (1.0, 5.0))
 RADIUS_RANGE = (0.12, 0.2)   # object radius as a fraction of the frame size (a shape's bounding half-size).
 
 
@@ -164,6 +170,10 @@ def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_ob
   lookalike_class = int(rng.integers(1, len(CATEGORIES) + 1))
   lookalike_colour, lookalike_texture, lookalike_frequency = _appearance(rng, lookalike_class, appearance)
   num_lookalikes = int(rng.integers(2, 4)) if num_objects >= 3 and rng.uniform() < 0.8 else 0
+  if appearance == "class":
+    # Each member of the look-alike group keeps an individual trait for the whole video: a brightness
+    # level and a texture scale (LOOKALIKE_LEVELS), so that an appearance memory can tell who came back.
+    member_levels = rng.permutation(len(LOOKALIKE_LEVELS))
   for index in range(num_objects):
     radius = float(rng.uniform(*radius_range) * size)
     margin = 1.6 * radius
@@ -177,6 +187,9 @@ def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_ob
     if index < num_lookalikes:
       category_id, colour = lookalike_class, np.clip(lookalike_colour + rng.uniform(-12, 12, 3), 0, 255)
       texture, frequency = lookalike_texture, lookalike_frequency
+      if appearance == "class":
+        brightness, frequency = LOOKALIKE_LEVELS[member_levels[index]]
+        colour = np.clip(colour * brightness, 0, 255)
       radius = float(size * 0.5 * (radius_range[0] + radius_range[1]) * rng.uniform(0.9, 1.1))
     else:
       category_id = int(rng.integers(1, len(CATEGORIES) + 1))

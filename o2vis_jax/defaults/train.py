@@ -25,6 +25,9 @@ def get() -> ml_collections.ConfigDict:
       segmenter_steps=20000,      # segmenter stage of 'segmenter+tracker' (MinVIS_R50: 20k iterations).
       segmenter_learning_rate=1e-4,
       segmenter_decay_steps=(14000,),
+      # task 'segmenter' with a method that trains there (CAVIS's ReID head): keep init_checkpoint's
+      # segmenter fixed and train only the method's segmenter-stage params (a shared, trained segmenter).
+      freeze_segmenter=False,
       # task 'refiner': share of the steps whose GT matching is made on the frozen online tracker's
       # outputs, reused by every refiner layer (LOMM_offline: iter < MAX_ITER / 2); then each layer is
       # matched on its own predictions.

@@ -1,0 +1,108 @@
+"""scripts/demo.py's per-method checkpoints: a trainable method of --methods that --checkpoint does not hold
+(CAVIS, DVIS-DAQ next to the shipped O2VIS) runs from its own checkpoint (--method_checkpoints NAME=DIR,
+default assets/synthetic_tiny_NAME), checked before any data is generated. Tiny checkpoints of zeros (shapes
+traced, nothing compiled): seconds."""
+
+import importlib
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from o2vis_jax import association, cli
+from o2vis_jax.checkpoint_conversion import load_converted, save_converted
+from o2vis_jax.models import init_segmenter_params
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+demo = importlib.import_module("scripts.demo")
+
+
+def _zeros(shapes, value=0.0):
+  return jax.tree.map(lambda s: np.full(s.shape, value, s.dtype), shapes)
+
+
+def _checkpoint(path, method, segmenter_value=0.0, tracker="full", **data):
+  """A converted checkpoint of configs/tiny.py running `method`: segmenter params all `segmenter_value`;
+  tracker 'full' (the method's params), 'segmenter_stage' (only its segmenter-stage subtrees) or None."""
+  config = association.with_method(tiny.get_config(), method)
+  config.data.update(data)
+  model = config.model
+  params = {"segmenter": _zeros(jax.eval_shape(lambda k: init_segmenter_params(config, k),
+                                               jax.random.PRNGKey(0)), segmenter_value)}
+  method_ = association.get(method)
+  if tracker and method_.trainable:
+    shapes = method_.param_shapes(config, num_classes=model.num_classes, hidden_dim=model.hidden_dim)
+    if tracker == "segmenter_stage":
+      shapes = {name: shapes[name] for name in method_.segmenter_stage_params}
+    params["tracker"] = _zeros(shapes)
+  save_converted(str(path), config, params)
+  return str(path)
+
+
+def test_parse_method_checkpoints_names_a_bad_entry():
+  assert demo.parse_method_checkpoints(["cavis=/a", "dvis_daq=b=c"]) == {"cavis": "/a", "dvis_daq": "b=c"}
+  for entries, expected in ((["cavis"], "'cavis' is not NAME=DIR"), (["cavis="], "'cavis=' is not NAME=DIR"),
+                            (["nope=/a"], "'nope' is not a trainable method"),
+                            (["minvis=/a"], "'minvis' is not a trainable method"),
+                            (["cavis=/a", "cavis=/b"], "'cavis' given twice")):
+    with pytest.raises(cli.InputError, match=expected):
+      demo.parse_method_checkpoints(entries)
+
+
+def test_only_the_trainable_methods_the_checkpoint_lacks_need_their_own():
+  o2vis = association.with_method(tiny.get_config(), "o2vis")
+  names = ["o2vis", "training_free", "minvis", "cavis", "dvis_daq"]
+  dirs = demo.method_checkpoint_dirs(o2vis, True, names, {"cavis": "/mine"})
+  assert dirs == {"cavis": "/mine", "dvis_daq": os.path.join(_REPO, "assets", "synthetic_tiny_dvis_daq")}
+  # A checkpoint without tracker weights runs no trainable method itself.
+  assert sorted(demo.method_checkpoint_dirs(o2vis, False, names, {})) == ["cavis", "dvis_daq", "o2vis"]
+  cavis = association.with_method(tiny.get_config(), "cavis")
+  assert sorted(demo.method_checkpoint_dirs(cavis, True, names, {})) == ["dvis_daq", "o2vis"]
+  # The default rows of the shipped (O2VIS) checkpoint need no other checkpoint.
+  assert demo.method_checkpoint_dirs(o2vis, True, list(demo.DEFAULT_METHODS), {}) == {}
+
+
+def test_method_checkpoints_are_loaded_and_checked(tmp_path, capsys):
+  main_config, main_params = load_converted(_checkpoint(tmp_path / "main", "o2vis"))
+  cavis_dir = _checkpoint(tmp_path / "cavis", "cavis")
+  daq_dir = _checkpoint(tmp_path / "daq", "dvis_daq", segmenter_value=1.0)
+  loaded = demo.load_method_checkpoints("MAIN", main_config, main_params,
+                                        {"cavis": cavis_dir, "dvis_daq": daq_dir})
+  assert sorted(loaded) == ["cavis", "dvis_daq"]
+  directory, config, params = loaded["cavis"]
+  assert directory == cavis_dir and association.method_of(config).name == "cavis"
+  assert "reid_embed" in params["tracker"]
+  assert association.method_of(loaded["dvis_daq"][1]).name == "dvis_daq"
+  # Only the DAQ checkpoint's segmenter (all ones) differs from MAIN's (all zeros): one note, naming it.
+  notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+  assert notes == [f"note: row 'dvis_daq' runs the segmenter of {daq_dir}, not that of MAIN"]
+  # With --train there are no params to compare yet: no note.
+  demo.load_method_checkpoints("--train", main_config, None, {"dvis_daq": daq_dir})
+  assert "note:" not in capsys.readouterr().out
+
+
+def test_a_missing_or_wrong_method_checkpoint_is_one_line(tmp_path):
+  main_config, main_params = load_converted(_checkpoint(tmp_path / "main", "o2vis"))
+
+  def load(name, directory):
+    return demo.load_method_checkpoints("MAIN", main_config, main_params, {name: directory})
+
+  missing = str(tmp_path / "nowhere")
+  with pytest.raises(cli.InputError, match=rf"--methods cavis: MAIN holds no trained 'cavis' weights, and "
+                                           rf"{missing} .*--method_checkpoints cavis=DIR.*synthetic_tiny_cavis"):
+    load("cavis", missing)
+  # A checkpoint of another method, one without tracker weights, one of the segmenter stage only.
+  with pytest.raises(cli.InputError, match="--methods cavis: .* gives the tracker weights of 'o2vis'"):
+    load("cavis", _checkpoint(tmp_path / "o2vis", "o2vis"))
+  with pytest.raises(cli.InputError, match="--methods dvis_daq: .* gives no tracker weights"):
+    load("dvis_daq", _checkpoint(tmp_path / "bare", "dvis_daq", tracker=None))
+  with pytest.raises(cli.InputError, match="--methods cavis: "):
+    load("cavis", _checkpoint(tmp_path / "reid_only", "cavis", tracker="segmenter_stage"))
+  # Trained for other held-out videos than MAIN's (e.g. a method checkpoint of the previous segmenter).
+  other_data = _checkpoint(tmp_path / "other_data", "cavis", synthetic_size=main_config.data.synthetic_size + 32)
+  with pytest.raises(cli.InputError, match=r"--methods cavis: .* was trained for data.synthetic_size="):
+    load("cavis", other_data)
