@@ -8,11 +8,13 @@ for `train.segmenter_steps`, then the trackers on the frozen segmenter for `num_
 exported to WORKDIR/export (a converted-checkpoint directory for scripts/infer.py and scripts/demo.py).
 Variants: `configs/synthetic_tiny.py:segmenter` or `:tracker` run one stage.
 The data (o2vis_jax/datasets/synthetic.py): 128 px frames, objects of radius 0.12-0.2 of the frame, and classes
-told apart by shape, colour family and texture (`data.synthetic_appearance='class'`), with look-alike groups,
-full occlusions behind bars, exits, re-entries and late entries. The model: ResNet-18 of width 16 with
-GroupNorm (trainable from scratch), C=64, N=10 queries, 3 decoder layers. Schedule: 4000 segmenter steps
-then 2500 tracker steps, batch 4 clips of 4 frames. Measured on 2 shared cores: the segmenter at 1.7 steps/s
-(with one other job) down to 0.6 steps/s (with several); about an hour on 2 cores of its own.
+told apart by shape, colour family and texture (`data.synthetic_appearance='class'`), with look-alike groups
+(one class, hue and texture; each member keeps its own brightness and texture scale), full occlusions behind
+bars, exits, re-entries and late entries. The model: ResNet-18 of width 16 with GroupNorm (trainable from
+scratch), C=64, N=10 queries, 3 decoder layers. Schedule: 8000 segmenter steps (lr 5e-4, x0.1 at 6000 and
+7500) then 4000 tracker steps (x0.1 at 3000; early training for the first half), batch 4 clips of 4 frames.
+Speed on 2 cores: the segmenter 4.2 steps/s alone, about 2.3 with other jobs; the trackers 8 steps/s alone:
+about 45 minutes on 2 cores of its own (assets/synthetic_tiny/README.md has the measured run).
 What the data change bought, measured with the minvis row (segmenter only) on 20 held-out videos after 400
 segmenter steps on the same 300 training videos (frozen BN backbone both): classes by shape only
 (`appearance='random'`) AP 0.5, objects found (tube IoU > 0.3) 36%, right class among them 23% (chance 20%);

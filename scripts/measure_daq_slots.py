@@ -37,6 +37,8 @@ _LONG_FRAMES = flags.DEFINE_integer("long_frames", 500, "Frames of the long stre
 _SEED = flags.DEFINE_integer("seed", 20000, "Seed of the held-out videos (the long one: seed + 1).")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", None, "Frames per track call (default: the checkpoint's "
                                    "inference.chunk_size).", lower_bound=1)
+_THRESHOLD = flags.DEFINE_float("inference_select_threshold", None, "Override of the checkpoint's "
+                                 "association.dvis_daq.inference_select_threshold (and the frame-0 aux one).")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/o2vis_daq_slots", "Where the videos are generated.")
 _OUT = flags.DEFINE_string("out", None, "JSON file for the figures (optional).")
 
@@ -96,6 +98,9 @@ def main(argv):
                          f"(association.method {association.method_of(config).name!r})")
   config.association.dvis_daq.num_slots = _NUM_SLOTS.value
   config.association.dvis_daq.on_overflow = "drop"
+  if _THRESHOLD.value is not None:
+    config.association.dvis_daq.inference_select_threshold = _THRESHOLD.value
+    config.association.dvis_daq.aux_inference_select_threshold = _THRESHOLD.value
   chunk_size = _CHUNK_SIZE.value or config.inference.chunk_size
   predictor = inference.VideoPredictor.from_config(config, params, chunk_size=chunk_size)
   data = config.data
@@ -107,7 +112,8 @@ def main(argv):
   if _LONG_FRAMES.value:
     splits.append(("long", "long", 1, _LONG_FRAMES.value, _SEED.value + 1))
   report = dict(checkpoint=os.path.abspath(_CHECKPOINT.value), num_slots=_NUM_SLOTS.value,
-                chunk_size=chunk_size)
+                chunk_size=chunk_size,
+                inference_select_threshold=config.association.dvis_daq.inference_select_threshold)
   for name, split, num_videos, num_frames, seed in splits:
     root = os.path.join(_WORKDIR.value, split)
     gt_json = synthetic.generate(root, split, num_videos, seed=seed, num_frames=num_frames, **common)

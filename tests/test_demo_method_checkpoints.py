@@ -3,6 +3,7 @@
 default assets/synthetic_tiny_NAME), checked before any data is generated. Tiny checkpoints of zeros (shapes
 traced, nothing compiled): seconds."""
 
+import functools
 import importlib
 import os
 import sys
@@ -25,14 +26,20 @@ def _zeros(shapes, value=0.0):
   return jax.tree.map(lambda s: np.full(s.shape, value, s.dtype), shapes)
 
 
+@functools.lru_cache(maxsize=None)
+def _segmenter_shapes():
+  """The tiny segmenter's param shapes (every method's checkpoint here shares configs/tiny.py's model)."""
+  config = tiny.get_config()
+  return jax.eval_shape(lambda k: init_segmenter_params(config, k), jax.random.PRNGKey(0))
+
+
 def _checkpoint(path, method, segmenter_value=0.0, tracker="full", **data):
   """A converted checkpoint of configs/tiny.py running `method`: segmenter params all `segmenter_value`;
   tracker 'full' (the method's params), 'segmenter_stage' (only its segmenter-stage subtrees) or None."""
   config = association.with_method(tiny.get_config(), method)
   config.data.update(data)
   model = config.model
-  params = {"segmenter": _zeros(jax.eval_shape(lambda k: init_segmenter_params(config, k),
-                                               jax.random.PRNGKey(0)), segmenter_value)}
+  params = {"segmenter": _zeros(_segmenter_shapes(), segmenter_value)}
   method_ = association.get(method)
   if tracker and method_.trainable:
     shapes = method_.param_shapes(config, num_classes=model.num_classes, hidden_dim=model.hidden_dim)
@@ -66,8 +73,15 @@ def test_only_the_trainable_methods_the_checkpoint_lacks_need_their_own():
   assert demo.method_checkpoint_dirs(o2vis, True, list(demo.DEFAULT_METHODS), {}) == {}
 
 
-def test_method_checkpoints_are_loaded_and_checked(tmp_path, capsys):
-  main_config, main_params = load_converted(_checkpoint(tmp_path / "main", "o2vis"))
+@pytest.fixture(scope="module")
+def main_checkpoint(tmp_path_factory):
+  """The --checkpoint of these tests: an O2VIS checkpoint with tracker weights (segmenter all zeros)."""
+  path = _checkpoint(tmp_path_factory.mktemp("main") / "main", "o2vis")
+  return (path,) + load_converted(path)
+
+
+def test_method_checkpoints_are_loaded_and_checked(main_checkpoint, tmp_path, capsys):
+  _, main_config, main_params = main_checkpoint
   cavis_dir = _checkpoint(tmp_path / "cavis", "cavis")
   daq_dir = _checkpoint(tmp_path / "daq", "dvis_daq", segmenter_value=1.0)
   loaded = demo.load_method_checkpoints("MAIN", main_config, main_params,
@@ -85,8 +99,8 @@ def test_method_checkpoints_are_loaded_and_checked(tmp_path, capsys):
   assert "note:" not in capsys.readouterr().out
 
 
-def test_a_missing_or_wrong_method_checkpoint_is_one_line(tmp_path):
-  main_config, main_params = load_converted(_checkpoint(tmp_path / "main", "o2vis"))
+def test_a_missing_or_wrong_method_checkpoint_is_one_line(main_checkpoint, tmp_path):
+  main_dir, main_config, main_params = main_checkpoint
 
   def load(name, directory):
     return demo.load_method_checkpoints("MAIN", main_config, main_params, {name: directory})
@@ -97,7 +111,7 @@ def test_a_missing_or_wrong_method_checkpoint_is_one_line(tmp_path):
     load("cavis", missing)
   # A checkpoint of another method, one without tracker weights, one of the segmenter stage only.
   with pytest.raises(cli.InputError, match="--methods cavis: .* gives the tracker weights of 'o2vis'"):
-    load("cavis", _checkpoint(tmp_path / "o2vis", "o2vis"))
+    load("cavis", main_dir)
   with pytest.raises(cli.InputError, match="--methods dvis_daq: .* gives no tracker weights"):
     load("dvis_daq", _checkpoint(tmp_path / "bare", "dvis_daq", tracker=None))
   with pytest.raises(cli.InputError, match="--methods cavis: "):

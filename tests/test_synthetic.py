@@ -167,3 +167,34 @@ def test_class_appearance_colour_family(tmp_path):
   with pytest.raises(ValueError, match="appearance"):
     synthetic.generate(str(tmp_path / "bad"), "train", 1, seed=0, size=32, num_frames=2, appearance="x")
 
+
+
+def test_lookalikes_share_class_colour_texture_but_keep_a_trait_each():
+  # appearance='class': a look-alike group shares class, hue and texture; each member has its own
+  # (brightness, texture scale) level of LOOKALIKE_LEVELS for the whole video. 'random' keeps the old
+  # near-identical copies (the earlier dataset bit for bit).
+  import colorsys
+  groups = 0
+  for index in range(40):
+    rng = np.random.default_rng([0, index])
+    occluders = synthetic._random_occluders(rng, 128, True)
+    objects = synthetic._random_objects(rng, 128, 24, 5, occluders, appearance="class")
+    members = [o for o in objects if o.lookalike_member >= 0]
+    if not members:
+      continue
+    groups += 1
+    assert len(members) >= 2 and {o.category_id for o in members} == {members[0].category_id}
+    assert {o.texture for o in members} == {synthetic.CLASS_TEXTURES[members[0].category_id - 1]}
+    frequencies = [o.texture_frequency for o in members]
+    assert len(set(frequencies)) == len(members)
+    assert set(frequencies) <= {level[1] for level in synthetic.LOOKALIKE_LEVELS}
+    # Brightness levels 0.62 / 0.82 / 1.0 of one colour (+-12 levels of noise per channel before them): the
+    # brightest channel follows the member's level.
+    by_level = sorted(members, key=lambda o: synthetic.LOOKALIKE_LEVELS[
+        [level[1] for level in synthetic.LOOKALIKE_LEVELS].index(o.texture_frequency)][0])
+    values = [max(o.colour) for o in by_level]
+    assert min(np.diff(values)) > 5, values
+    hues = [colorsys.rgb_to_hsv(*(o.colour / 255))[0] * 360 for o in members]
+    spread = max(abs((a - b + 180) % 360 - 180) for a in hues for b in hues)   # on the hue circle.
+    assert spread < 15, hues
+  assert groups >= 15, groups

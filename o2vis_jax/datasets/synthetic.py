@@ -66,6 +66,7 @@ class ShapeObject:
   angular_velocity: float
   depth: float                  # larger is nearer the camera.
   first_frame: int              # not drawn before this frame (enters late).
+  lookalike_member: int = -1    # index within the video's look-alike group (-1: not in it).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +218,7 @@ def _random_objects(rng: np.random.Generator, size: int, num_frames: int, max_ob
         category_id=category_id, colour=colour, texture=texture, texture_frequency=frequency,
         radius=radius, start=start, velocity=velocity, angle=float(rng.uniform(0, 2 * np.pi)),
         angular_velocity=float(rng.uniform(-0.15, 0.15)), depth=float(rng.uniform()),
-        first_frame=first_frame))
+        first_frame=first_frame, lookalike_member=index if index < num_lookalikes else -1))
   return objects
 
 
