@@ -195,6 +195,9 @@ def load_method_checkpoints(source: str, config, params, directories: dict) -> d
 
 def offline_predictor(inference, config, params):
   """The offline row's predictor, or None (with a one-line note) when the checkpoint cannot run it."""
+  if "refiner" not in params:
+    print(f"note: row {OFFLINE_ROW[1]!r} skipped: no refiner weights in the checkpoint")
+    return None
   try:
     return inference.VideoPredictor.from_config(config, params, offline=True)
   except inference.OfflineInferenceError as e:
