@@ -409,9 +409,11 @@ def _train_and_evaluate(config, workdir, task, progress, stop: _StopSignals) -> 
         stop_if_requested()   # before the first compilation; the batch just read was never saved.
       new_state, metrics = train_step_for(step)(state, frozen, _global_batch(local_batch, mesh))
       loss = float(jax.device_get(metrics["loss"]))
-      if not np.isfinite(loss):
+      grad_norm = float(jax.device_get(metrics.get("grad_norm", 0.0)))
+      if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+        what = f"loss {loss}" if not np.isfinite(loss) else f"gradient (norm {grad_norm}; loss {loss:.4f})"
         raise NonFiniteLossError(
-            f"non-finite loss {loss} at step {step + 1}; stopped without saving this state. "
+            f"non-finite {what} at step {step + 1}; stopped without saving this state. "
             f"The last good checkpoint (step {manager.latest_step()}) is kept in {workdir}/checkpoints.")
       state, step = new_state, step + 1
       window_steps += 1

@@ -142,6 +142,21 @@ def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
 
+def test_nan_guard_catches_a_non_finite_gradient_under_a_finite_loss(tmp_path):
+  # A NaN gradient with a finite loss (e.g. the norm of a zero vector) poisons the next step's params; the
+  # guard names the step whose gradient it was, not the next one.
+  config = toy_task.toy_config(num_train_steps=6, checkpoint_every_steps=2)
+  it = toy_task.ToyTask(config).train_iterator(config.seed)
+  next(it), next(it)
+  third = next(it)
+  x = np.random.default_rng(123).normal(size=(64, toy_task.DIM)).astype(np.float32)
+  index = int(np.where(np.all(x == third["x"][0], axis=1))[0][0])
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite gradient \(norm nan; loss [0-9.]+\) at step 3"):
+    train.train_and_evaluate(config, str(tmp_path), toy_task.ToyTask(config, nan_gradient_at_example=index),
+                             progress=False)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
 def _start(workdir, *args, log):
   """toy_train_main.py in a subprocess, its stdout and stderr into the file `log` (polled: no pipe to
   fill, and a line shows as soon as it is written)."""

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 DIM = 4
+GRADIENT_NAN_MARK = 12345.0   # a target value that marks the example of `nan_gradient_at_example`.
 
 
 def toy_config(**overrides) -> ml_collections.ConfigDict:
@@ -75,7 +76,8 @@ class ToyTask:
   """loss = mean over examples of (x.w - y + 0.01 * noise(example key))^2 (+ NaN where y is NaN)."""
   phases = ("main",)
 
-  def __init__(self, config, nan_at_example=None, sleep=0.0, pause_at=None, pause=0.0, marker=None):
+  def __init__(self, config, nan_at_example=None, sleep=0.0, pause_at=None, pause=0.0, marker=None,
+               nan_gradient_at_example=None):
     """`sleep`: seconds before each batch. `pause_at` ('prepare': in `train_iterator`, as while a data
     set is generated; 'first_batch': before the first batch) creates `marker`, then sleeps `pause`
     seconds or until `marker` is removed."""
@@ -83,6 +85,8 @@ class ToyTask:
       raise ValueError(f"ToyTask: pause_at={pause_at!r}; expected None, 'prepare' or 'first_batch'")
     self.config = config
     self.nan_at_example = nan_at_example
+    # The loss stays finite, its gradient is NaN (sqrt at 0 times 0) on the batch holding this example.
+    self.nan_gradient_at_example = nan_gradient_at_example
     self.sleep = sleep
     self.pause_at, self.pause, self.marker = pause_at, pause, marker
 
@@ -98,6 +102,10 @@ class ToyTask:
     noise = jax.vmap(lambda k: jax.random.normal(jax.random.wrap_key_data(k), ()))(rngs)
     residual = batch["x"] @ trainable["w"] * frozen["scale"] - batch["y"] + 0.01 * noise
     loss = jnp.mean(residual ** 2)
+    if self.nan_gradient_at_example is not None:
+      marked = jnp.any(batch["y"] == GRADIENT_NAN_MARK)
+      offset = jnp.where(marked, 0.0, 1.0)   # sqrt at 1 elsewhere: value 0 added, gradient 0.
+      loss = loss + jnp.sqrt(offset + 0.0 * jnp.sum(trainable["w"])) - offset
     return loss, {"mean_residual": jnp.mean(residual)}
 
   def train_iterator(self, seed):
@@ -108,6 +116,8 @@ class ToyTask:
     y = (x @ np.arange(1, DIM + 1, dtype=np.float32)).astype(np.float32)
     if self.nan_at_example is not None:
       y[self.nan_at_example] = np.nan
+    if self.nan_gradient_at_example is not None:
+      y[self.nan_gradient_at_example] = GRADIENT_NAN_MARK
     records = [{"x": x[i], "y": y[i]} for i in range(len(x))]
     local = self.config.batch_size // jax.process_count()
     start = jax.process_index() * local

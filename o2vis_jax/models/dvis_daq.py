@@ -64,7 +64,10 @@ class SlotAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1) + self.eps
     if row_valid is not None:
       weights = jnp.where(row_valid[..., :, None], weights, 0)
-    weights = weights / jnp.sum(weights, axis=-2, keepdims=True)
+    total = jnp.sum(weights, axis=-2, keepdims=True)
+    # A frame without a valid row (every row masked) leaves every slot's column empty: its update is 0, not
+    # 0 / 0 (which the loss masks out in the forward pass, but whose NaN would reach the gradients).
+    weights = weights / jnp.where(total > 0, total, 1)
     return jnp.einsum("...nm,...nc->...mc", weights, inputs)
 
 

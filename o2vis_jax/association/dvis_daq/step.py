@@ -61,7 +61,9 @@ def foreground_score(logits):
 
 
 def _normalize(x, eps):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  """x / max(|x|, eps), as F.normalize. The norm is sqrt(max(|x|^2, eps^2)) (the same value): the gradient of
+  |x| at a zero row (an empty position-history entry) is 0 / 0, which would reach the parameters as NaN."""
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def update_positions(fused, history, count, new_pos, update):
