@@ -18,8 +18,13 @@ from o2vis_jax.checkpoint_conversion import load_converted, save_converted
 from o2vis_jax.models import init_segmenter_params
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)
-demo = importlib.import_module("scripts.demo")
+# Imported as the module 'demo' from scripts/, as every other test does: one module defines the absl flags
+# once per process (as 'scripts.demo' as well, its flags would be defined twice).
+sys.path.insert(0, os.path.join(_REPO, "scripts"))
+try:
+  demo = importlib.import_module("demo")
+finally:
+  sys.path.pop(0)
 
 
 def _zeros(shapes, value=0.0):
