@@ -11,6 +11,9 @@ are validated first. `--class_agnostic` scores with all categories merged into o
 segmentation + tracking without classification; o2vis_jax/evaluation/class_agnostic.py).
 `--tracking_metrics` adds the identity metrics HOTA, DetA, AssA and IDF1, computed by TrackEval
 (o2vis_jax/evaluation/tracking.py) on the tracks scoring at least `--tracking_score_threshold`.
+`--association_ceiling` also scores the oracle association of the same per-frame masks (perfect identities,
+categories and ranking; o2vis_jax/evaluation/ceiling.py): its AP minus the results' AP is what association
+loses, 1 minus it what per-frame segmentation loses.
 """
 
 import json
@@ -42,9 +45,16 @@ _TRACKING_THRESHOLD = flags.DEFINE_float(
     "tracking_score_threshold", evaluation.DEFAULT_SCORE_THRESHOLD, "With --tracking_metrics: the results "
     "that count as the tracker's output (score >= this); the rest of the top-k list is left out.",
     lower_bound=0.0)
+_CEILING = flags.DEFINE_bool(
+    "association_ceiling", False, "Also score the association ceiling: per ground-truth track and frame, "
+    "the predicted mask (of any result) with the highest IoU, the ground truth's category, score 1. Printed "
+    "as a second line, and as ceiling_AP, ceiling_AP50, ceiling_AP75, ceiling_AR10 in --json_out.")
 _ZIP = flags.DEFINE_string(
     "zip", None, "Write the results as a server submission archive (results.json at its root) "
     "to this path.")
+
+
+CEILING_METRIC_NAMES = ("AP", "AP50", "AP75", "AR10")
 
 
 def format_table(metrics: dict) -> str:
@@ -92,9 +102,15 @@ def main(argv):
     metrics = evaluation.evaluate(gt, results)
     if _TRACKING.value:
       metrics.update(evaluation.tracking_metrics(gt, results, _TRACKING_THRESHOLD.value))
+    if _CEILING.value:
+      ceiling = evaluation.evaluate(gt, evaluation.association_oracle(gt, results))
+      metrics.update({f"ceiling_{name}": ceiling[name] for name in CEILING_METRIC_NAMES})
   results = evaluation.read_results_file(inputs["results"]) if "zip" in outputs else None
   if metrics is not None:
     print(format_table(metrics))
+    if "ceiling_AP" in metrics:
+      print("association ceiling (these masks, perfect identities): " + ", ".join(
+          f"{name} {100 * metrics['ceiling_' + name]:.1f}" for name in CEILING_METRIC_NAMES))
     per_category = metrics["per_category_AP"]
     print("per-category AP: " + ", ".join(
         f"{name} {'-' if ap == -1 else f'{100 * ap:.1f}'}" for name, ap in per_category.items()))

@@ -1,0 +1,47 @@
+"""The association ceiling of a results file: what its per-frame masks would score with perfect identities.
+
+A diagnostic, not the protocol. For every non-crowd ground-truth track and every frame, the oracle takes,
+among the masks that the results predict in that frame (tracks scoring at least `score_threshold`), the
+one with the highest IoU with the ground truth's mask (none when no mask overlaps it, or when the object
+is absent), and puts it in one oracle track that keeps the ground truth's category, with score 1.
+Scoring the oracle tracks (`evaluation.evaluate`) gives the AP that the same per-frame masks reach when
+association (and classification and ranking) is perfect: the gap to the results' own AP is what those
+lose; the gap to 1 is what per-frame segmentation loses. Ties go to the result listed first.
+"""
+
+import os
+from typing import Union
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from o2vis_jax.evaluation.ground_truth import GroundTruth, load_ground_truth
+from o2vis_jax.evaluation.results import instance_to_result, load_results
+
+
+def association_oracle(ground_truth: Union[dict, str, os.PathLike, GroundTruth],
+                       results: Union[list, str, os.PathLike], score_threshold: float = 0.0) -> list:
+  """-> a results list with one oracle track per non-crowd ground-truth track (see the module doc)."""
+  if not (np.isfinite(score_threshold) and score_threshold >= 0.0):
+    raise ValueError(f"score_threshold must be a finite number >= 0, got {score_threshold!r}")
+  ground_truth = load_ground_truth(ground_truth)
+  predictions = [p for p in load_results(results, ground_truth) if p.score >= score_threshold]
+  by_video = {}
+  for prediction in predictions:
+    by_video.setdefault(prediction.video_id, []).append(prediction)
+  oracle = []
+  for track in ground_truth.tracks:
+    if track.iscrowd:
+      continue
+    candidates = by_video.get(track.video_id, [])
+    masks = []
+    for frame, gt_rle in enumerate(track.rles):
+      present = [p.rles[frame] for p in candidates if p.rles[frame] is not None]
+      best = None
+      if gt_rle is not None and present:
+        ious = np.asarray(mask_utils.iou(present, [gt_rle], [0])).reshape(-1)
+        if ious.max() > 0:
+          best = present[int(np.argmax(ious))]
+      masks.append(best)
+    oracle.append(instance_to_result(track.video_id, track.category_id, 1.0, masks))
+  return oracle

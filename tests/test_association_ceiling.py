@@ -1,0 +1,98 @@
+"""The association ceiling (o2vis_jax/evaluation/ceiling.py) on hand-made cases: an identity swap that
+perfect association undoes, a half mask whose tube IoU is worked out, the score threshold, crowd tracks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from o2vis_jax import evaluation
+from o2vis_jax.evaluation import ceiling
+from o2vis_jax.evaluation.results import encode_masks
+from o2vis_jax.evaluation.rle import decode_mask
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE, FRAMES = 16, 4
+# Two objects at fixed places (5 x 5 = 25 px each), visible in every frame, of categories 1 and 2;
+# "left_of_2" is object 2's two left columns (5 x 2 = 10 px).
+BOXES = {1: (1, 1, 6, 6), 2: (9, 9, 14, 14), "left_of_2": (9, 9, 11, 14)}
+
+
+def _mask(key):
+  mask = np.zeros((SIZE, SIZE), bool)
+  x0, y0, x1, y1 = BOXES[key]
+  mask[y0:y1, x0:x1] = True
+  return mask
+
+
+def _segmentations(keys):
+  return [None if key is None else encode_masks(_mask(key)[None])[0] for key in keys]
+
+
+def _ground_truth(crowd_second=False):
+  return {"videos": [{"id": 1, "width": SIZE, "height": SIZE, "length": FRAMES,
+                      "file_names": [f"v/{t}.jpg" for t in range(FRAMES)]}],
+          "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}],
+          "annotations": [{"id": key, "video_id": 1, "category_id": key, "iscrowd": int(crowd_second and key == 2),
+                           "segmentations": _segmentations([key] * FRAMES),
+                           "areas": [25.0] * FRAMES} for key in (1, 2)]}
+
+
+def _result(keys, score=0.9, category_id=1):
+  return {"video_id": 1, "category_id": category_id, "score": score, "segmentations": _segmentations(keys)}
+
+
+def _decoded(track):
+  return [None if s is None else decode_mask(s) for s in track["segmentations"]]
+
+
+def test_an_identity_swap_is_undone():
+  # Two tracks swap the objects after frame 1: each covers 2 of 4 frames of each object, tube IoU
+  # 50 / (100 + 100 - 50) = 1/3 with either: AP 0 for both categories. The per-frame masks are exact, so
+  # the oracle rebuilds the ground truth: AP 1.
+  results = [_result([1, 1, 2, 2], category_id=1), _result([2, 2, 1, 1], category_id=2)]
+  assert evaluation.evaluate(_ground_truth(), results)["AP"] == 0.0
+  oracle = ceiling.association_oracle(_ground_truth(), results)
+  assert [(t["category_id"], t["score"]) for t in oracle] == [(1, 1.0), (2, 1.0)]
+  for track, key in zip(oracle, (1, 2)):
+    assert all(np.array_equal(m, _mask(key)) for m in _decoded(track))
+  assert evaluation.evaluate(_ground_truth(), oracle)["AP"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_best_mask_per_frame_and_absent_frames():
+  # Object 2 is predicted only as its left part (10 of 25 px) at frames 0 and 1, whole at frame 3, and not
+  # at all at frame 2 (only object 1's mask, IoU 0 with it): the oracle track is [left, left, None, whole],
+  # tube IoU (10 + 10 + 0 + 25) / 100 = 0.45 < 0.5: AP 0 for category 2, so AP = (1 + 0) / 2.
+  results = [_result([1, 1, 1, 1]), _result(["left_of_2", "left_of_2", None, 2], score=0.5)]
+  oracle = ceiling.association_oracle(_ground_truth(), results)
+  second = _decoded(oracle[1])
+  assert np.array_equal(second[0], _mask("left_of_2")) and np.array_equal(second[1], _mask("left_of_2"))
+  assert second[2] is None and np.array_equal(second[3], _mask(2))
+  assert evaluation.evaluate(_ground_truth(), oracle)["AP"] == pytest.approx(0.5, abs=1e-12)
+  # Above the threshold only the first result's masks remain: object 2 gets no mask in any frame.
+  thresholded = ceiling.association_oracle(_ground_truth(), results, score_threshold=0.6)
+  assert thresholded[1]["segmentations"] == [None] * FRAMES
+
+
+def test_crowd_tracks_and_bad_threshold():
+  oracle = ceiling.association_oracle(_ground_truth(crowd_second=True), [_result([1, 1, 1, 1])])
+  assert len(oracle) == 1 and oracle[0]["category_id"] == 1
+  with pytest.raises(ValueError, match="score_threshold"):
+    ceiling.association_oracle(_ground_truth(), [], score_threshold=-1.0)
+
+
+def test_evaluate_cli_association_ceiling(tmp_path):
+  gt_path, results_path, out_path = tmp_path / "gt.json", tmp_path / "results.json", tmp_path / "m.json"
+  gt_path.write_text(json.dumps(_ground_truth()))
+  results_path.write_text(json.dumps([_result([1, 1, 2, 2], category_id=1), _result([2, 2, 1, 1], category_id=2)]))
+  out = subprocess.run([sys.executable, os.path.join(_REPO, "scripts", "evaluate.py"), "--gt", str(gt_path),
+                        "--results", str(results_path), "--association_ceiling", "--json_out", str(out_path)],
+                       capture_output=True, text=True, timeout=300, cwd=_REPO)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  metrics = json.loads(out_path.read_text())
+  assert metrics["AP"] == 0.0 and metrics["ceiling_AP"] == pytest.approx(1.0, abs=1e-12)
+  assert metrics["ceiling_AR10"] == pytest.approx(1.0, abs=1e-12)
+  assert "association ceiling (these masks, perfect identities): AP 100.0" in out.stdout
