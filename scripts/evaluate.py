@@ -13,7 +13,9 @@ segmentation + tracking without classification; o2vis_jax/evaluation/class_agnos
 (o2vis_jax/evaluation/tracking.py) on the tracks scoring at least `--tracking_score_threshold`.
 `--association_ceiling` also scores the oracle association of the same per-frame masks (perfect identities,
 categories and ranking; o2vis_jax/evaluation/ceiling.py): its AP minus the results' AP is what association
-loses, 1 minus it what per-frame segmentation loses.
+loses, 1 minus it what per-frame segmentation loses; and where the results lose it: along each object's best
+track, the share of object-frames on the object (IoU >= 0.5), partial, elsewhere, missing, ghost (a mask while
+the object is absent) and absent_empty.
 """
 
 import json
@@ -48,7 +50,9 @@ _TRACKING_THRESHOLD = flags.DEFINE_float(
 _CEILING = flags.DEFINE_bool(
     "association_ceiling", False, "Also score the association ceiling: per ground-truth track and frame, "
     "the predicted mask (of any result) with the highest IoU, the ground truth's category, score 1. Printed "
-    "as a second line, and as ceiling_AP, ceiling_AP50, ceiling_AP75, ceiling_AR10 in --json_out.")
+    "as a second line, and as ceiling_AP, ceiling_AP50, ceiling_AP75, ceiling_AR10 in --json_out; with, "
+    "along each object's best track, the share of object-frames per outcome (frames_on_object, frames_partial, "
+    "frames_elsewhere, frames_missing, frames_ghost, frames_absent_empty).")
 _ZIP = flags.DEFINE_string(
     "zip", None, "Write the results as a server submission archive (results.json at its root) "
     "to this path.")
@@ -105,12 +109,17 @@ def main(argv):
     if _CEILING.value:
       ceiling = evaluation.evaluate(gt, evaluation.association_oracle(gt, results))
       metrics.update({f"ceiling_{name}": ceiling[name] for name in CEILING_METRIC_NAMES})
+      metrics.update({f"frames_{name}": share
+                      for name, share in evaluation.best_track_frames(gt, results).items()})
   results = evaluation.read_results_file(inputs["results"]) if "zip" in outputs else None
   if metrics is not None:
     print(format_table(metrics))
     if "ceiling_AP" in metrics:
       print("association ceiling (these masks, perfect identities): " + ", ".join(
           f"{name} {100 * metrics['ceiling_' + name]:.1f}" for name in CEILING_METRIC_NAMES))
+      print("each object's best track, share of object-frames: " + ", ".join(
+          f"{name} {100 * metrics['frames_' + name]:.1f}%" for name in evaluation.FRAME_OUTCOMES
+          if "frames_" + name in metrics))
     per_category = metrics["per_category_AP"]
     print("per-category AP: " + ", ".join(
         f"{name} {'-' if ap == -1 else f'{100 * ap:.1f}'}" for name, ap in per_category.items()))

@@ -1,5 +1,6 @@
-"""The association ceiling (o2vis_jax/evaluation/ceiling.py) on hand-made cases: an identity swap that
-perfect association undoes, a half mask whose tube IoU is worked out, the score threshold, crowd tracks."""
+"""The association ceiling and the best-track frame outcomes (o2vis_jax/evaluation/ceiling.py) on hand-made
+cases: an identity swap that perfect association undoes, a partial mask whose tube IoU is worked out, a ghost
+mask while the object is hidden, the score threshold, crowd tracks, and scripts/evaluate.py's flag."""
 
 import json
 import os
@@ -95,4 +96,31 @@ def test_evaluate_cli_association_ceiling(tmp_path):
   metrics = json.loads(out_path.read_text())
   assert metrics["AP"] == 0.0 and metrics["ceiling_AP"] == pytest.approx(1.0, abs=1e-12)
   assert metrics["ceiling_AR10"] == pytest.approx(1.0, abs=1e-12)
+  assert metrics["frames_on_object"] == 0.5 and metrics["frames_elsewhere"] == 0.5
   assert "association ceiling (these masks, perfect identities): AP 100.0" in out.stdout
+  assert "share of object-frames: on_object 50.0%, partial 0.0%, elsewhere 50.0%" in out.stdout
+
+
+def test_best_track_frames_of_a_swap():
+  # Both results have tube IoU 1/3 with either object: the first listed, [1, 1, 2, 2], is each object's best
+  # track. Object 1: on, on, elsewhere, elsewhere; object 2: elsewhere, elsewhere, on, on.
+  results = [_result([1, 1, 2, 2], category_id=1), _result([2, 2, 1, 1], category_id=2)]
+  shares = ceiling.best_track_frames(_ground_truth(), results)
+  assert shares == {"on_object": 0.5, "partial": 0.0, "elsewhere": 0.5, "missing": 0.0, "ghost": 0.0,
+                    "absent_empty": 0.0}
+
+
+def test_best_track_frames_ghost_partial_missing():
+  # Object 1 fully hidden at frame 2. Result A = [1, 1, 2, 1] (object 2's mask at frame 2), B = [left of 2 at
+  # frames 0 and 1, nothing after]. Object 1: A's tube IoU 75 / 100, B's 0 -> A: on, on, ghost, on.
+  # Object 2: A's 25 / 175, B's 20 / 100 -> B: partial (IoU 10 / 25), partial, missing, missing.
+  gt = _ground_truth()
+  gt["annotations"][0]["segmentations"] = _segmentations([1, 1, None, 1])
+  gt["annotations"][0]["areas"] = [25.0, 25.0, None, 25.0]
+  results = [_result([1, 1, 2, 1]), _result(["left_of_2", "left_of_2", None, None], score=0.8)]
+  shares = ceiling.best_track_frames(gt, results)
+  assert shares == {"on_object": 3 / 8, "partial": 2 / 8, "elsewhere": 0.0, "missing": 2 / 8, "ghost": 1 / 8,
+                    "absent_empty": 0.0}
+  # Above 0.85 only A remains; object 2's best is A (IoU 1/7): elsewhere, elsewhere, on, elsewhere.
+  shares = ceiling.best_track_frames(gt, results, score_threshold=0.85)
+  assert shares["elsewhere"] == 3 / 8 and shares["on_object"] == 4 / 8 and shares["ghost"] == 1 / 8

@@ -3,11 +3,12 @@
 `evaluate(ground_truth, results)` -> the 12 metrics as fractions (+ OVIS occlusion AP/AR and
 per-category AP); `tracking_metrics(ground_truth, results)` -> HOTA, DetA, AssA, IDF1 (TrackEval);
 `association_oracle(ground_truth, results)` -> the results' per-frame masks with perfect identities;
+`best_track_frames(ground_truth, results)` -> what each object's best track holds, frame by frame;
 `instance_to_result`, `write_results`, `write_results_zip` write what the
 evaluation servers accept.
 """
 
-from o2vis_jax.evaluation.ceiling import association_oracle
+from o2vis_jax.evaluation.ceiling import FRAME_OUTCOMES, association_oracle, best_track_frames
 from o2vis_jax.evaluation.class_agnostic import class_agnostic
 from o2vis_jax.evaluation.errors import EvaluationInputError
 from o2vis_jax.evaluation.evaluate import evaluate
@@ -20,7 +21,7 @@ from o2vis_jax.evaluation.tracking import (DEFAULT_SCORE_THRESHOLD, TRACKING_MET
                                            tracking_metrics)
 
 __all__ = [
-    "EvaluationInputError", "GroundTruth", "association_oracle", "class_agnostic", "METRIC_NAMES", "OCCLUSION_METRIC_NAMES", "evaluate",
+    "EvaluationInputError", "GroundTruth", "association_oracle", "best_track_frames", "FRAME_OUTCOMES", "class_agnostic", "METRIC_NAMES", "OCCLUSION_METRIC_NAMES", "evaluate",
     "ground_truth_to_results", "instance_to_result", "load_ground_truth", "load_results",
     "read_results_file", "write_results", "write_results_zip", "DEFAULT_SCORE_THRESHOLD",
     "TRACKING_METRIC_NAMES", "tracking_metrics",
