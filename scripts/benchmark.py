@@ -15,7 +15,8 @@ sys.path.insert(0, _HERE)
 
 
 def _available():
-  return sorted(m.name for m in pkgutil.iter_modules([os.path.join(_HERE, "benchmarks")]))
+  return sorted(m.name for m in pkgutil.iter_modules([os.path.join(_HERE, "benchmarks")])
+                if not m.name.startswith("_"))
 
 
 def main():

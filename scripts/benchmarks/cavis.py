@@ -26,21 +26,11 @@ import time
 
 import numpy as np
 
+from benchmarks._common import add_step_flags, load_line, median_time
+
 DEFAULT_CAVIS = "/work/.mirror/Seung-Hun-Lee+CAVIS/repo"
 
 
-def median_time(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
-def load_line():
-  return "load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def reference_modules(git_dir, c, ffn_dim, num_classes, filter_size):
@@ -70,15 +60,7 @@ def reference_modules(git_dir, c, ffn_dim, num_classes, filter_size):
 def main(argv):
   parser = argparse.ArgumentParser(prog="benchmark.py cavis", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--queries", type=int, default=100)
-  parser.add_argument("--channels", type=int, default=256)
-  parser.add_argument("--ffn_dim", type=int, default=2048)
-  parser.add_argument("--num_classes", type=int, default=40)
-  parser.add_argument("--frames", type=int, default=10)
-  parser.add_argument("--mask_size", default="120x160", help="h x w of the masks and mask features")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--matchers", default="host,device")
-  parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
+  add_step_flags(parser)
   parser.add_argument("--cavis_git_dir", default=DEFAULT_CAVIS, help="git dir of Seung-Hun-Lee/CAVIS")
   parser.add_argument("--no_reference", action="store_true")
   parser.add_argument("--no_o2vis", action="store_true")

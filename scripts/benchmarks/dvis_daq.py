@@ -27,15 +27,8 @@ import time
 
 import numpy as np
 
+from benchmarks._common import median_time
 
-def median_time(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def random_frames(rng, num_frames, num_queries, hidden, num_classes, height, width):

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from benchmarks._common import load_line, median_time
+
 
 def random_params(shapes, seed=0):
   """Random weights of the right shapes (BatchNorm variances / scales at 1): timing only."""
@@ -34,19 +36,6 @@ def random_params(shapes, seed=0):
   return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
-def median_time(fn, repeats):
-  """One warm-up call, then the median wall time of `repeats` calls."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
-def load_line():
-  return "load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def time_jax(config, batch, height, width, repeats):

@@ -27,20 +27,12 @@ import types
 
 import numpy as np
 
+from benchmarks._common import add_step_flags, load_line, median_time
+
 DEFAULT_LOMM = "/work/.mirror/Seung-Hun-Lee+LOMM/repo"
 TRACKER_FILE = "lomm/lomm_tracker.py"
 LAYERS_FILE = "mask2former_video/modeling/transformer_decoder/video_mask2former_transformer_decoder.py"
 
-
-def median_time(fn, repeats):
-  """Warm-up call, then the median wall time of `repeats` calls."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def load_text(git_dir, path):
@@ -94,9 +86,6 @@ def load_lomm_tracker_class(git_dir, workdir):
   return mod.LOMM_Tracker
 
 
-def load_line():
-  return "load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
 
 def count_callbacks(fn, *args):
   """pure_callback equations in the jaxpr of `fn(*args)` (inside loops and conds, counted once each)."""
@@ -122,16 +111,8 @@ def count_callbacks(fn, *args):
 def main(argv):
   parser = argparse.ArgumentParser(prog="benchmark.py tracker", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--queries", type=int, default=100)
-  parser.add_argument("--channels", type=int, default=256)
-  parser.add_argument("--ffn_dim", type=int, default=2048)
-  parser.add_argument("--num_classes", type=int, default=40)
+  add_step_flags(parser, mask_size_help="h x w of mask_features (480x640 input / 4)")
   parser.add_argument("--layers", type=int, default=3, help="blocks in T_E and in T_A each")
-  parser.add_argument("--frames", type=int, default=10)
-  parser.add_argument("--mask_size", default="120x160", help="h x w of mask_features (480x640 input / 4)")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--matchers", default="host,device")
-  parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
   parser.add_argument("--lomm_git_dir", default=DEFAULT_LOMM, help="git dir of Seung-Hun-Lee/LOMM")
   parser.add_argument("--no_reference", action="store_true")
   args = parser.parse_args(argv)
