@@ -8,7 +8,8 @@
     annotation or results file) prints one line `error: ...` naming the file or field, exit 2; its
     traceback only with `-v 1` (absl's verbosity flag) or more;
   * Ctrl-C prints `interrupted` and exits 130 (training handles it itself: it saves, stops and raises
-    a KeyboardInterrupt whose message, printed instead, says where it saved; see `o2vis_jax.train`);
+    a KeyboardInterrupt whose message, printed instead, says where it saved, and whose `exit_code` is
+    the exit status: 130 for SIGINT, 143 for SIGTERM; see `o2vis_jax.train`);
   * a misspelt config override (`--config.trian.x=1`) is one line naming the field and the nearest one.
 - `check_input_file`, `check_output_file` / `check_output_dir`: validate what is read and where results
   will go before the expensive work.
@@ -119,7 +120,7 @@ def run(main: Callable, argv=None) -> None:
       _fail(str(e))
     except KeyboardInterrupt as e:   # training's TrainingInterrupted carries the line to show
       print(str(e) or "interrupted", file=sys.stderr)
-      sys.exit(130)
+      sys.exit(getattr(e, "exit_code", 130))
     except errors as e:
       if _verbose():
         traceback.print_exc()

@@ -24,7 +24,8 @@ signal ends the process at once without saving (the OS default action is restore
 kill during a save is as safe as any kill: the latest complete checkpoint is what a restart resumes from.
 `TrainingInterrupted` is a `KeyboardInterrupt` (no `except Exception` swallows it) whose message is the
 line to show the user, e.g. "interrupted by SIGINT at step 12; checkpoint saved in WORKDIR/checkpoints;
-run the same command to resume"; scripts exit with 130 on it (`o2vis_jax.cli.run`). Several processes
+run the same command to resume"; scripts exit with its `exit_code` (128 + the signal's number, as a shell
+reports a process killed by it: 130 for SIGINT, 143 for SIGTERM; `o2vis_jax.cli.run`). Several processes
 agree on the stop at every step boundary, so all of them save the same step.
 
 What is trained is a `Task` (see `o2vis_jax/tasks.py`): it owns the model, the loss and the data, and
@@ -147,7 +148,7 @@ class TrainingInterrupted(KeyboardInterrupt):
   """SIGINT or SIGTERM stopped training (see the module docstring); `str(e)` is the line for the user.
 
   A KeyboardInterrupt so that `except Exception` does not swallow it and a command line that reports
-  Ctrl-C as "interrupted" (exit 130) reports this too.
+  Ctrl-C as "interrupted" reports this too; `exit_code` = 128 + the signal's number (130 SIGINT, 143 SIGTERM).
   """
 
   def __init__(self, message: str, signal_name: str, step: int, checkpoint_dir: str):
@@ -155,6 +156,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     self.signal_name = signal_name
     self.step = step                      # the step training can resume from (0: nothing saved).
     self.checkpoint_dir = checkpoint_dir
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + int(signal.Signals[self.signal_name])
 
 
 def _interrupted(signal_name: str, step: Optional[int], checkpoint_dir: str) -> TrainingInterrupted:

@@ -5,7 +5,7 @@ usage: python tests/toy_train_main.py WORKDIR NUM_STEPS [--sleep S] [--checkpoin
            [--coordinator ADDR --num_processes N --process_id I]
 
 Like scripts/train.py (through o2vis_jax.cli.run), an interrupted run prints the trainer's one line on
-stderr and exits 130.
+stderr and exits with its exit_code: 130 after SIGINT, 143 after SIGTERM.
 """
 
 import argparse
@@ -14,9 +14,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-INTERRUPTED_EXIT_CODE = 130
-
 
 def main():
   parser = argparse.ArgumentParser()
@@ -45,7 +42,7 @@ def main():
     state = train.train_and_evaluate(config, args.workdir, task, progress=False)
   except train.TrainingInterrupted as e:
     print(e, file=sys.stderr, flush=True)
-    sys.exit(INTERRUPTED_EXIT_CODE)
+    sys.exit(e.exit_code)
   import numpy as np
   if jax.process_index() == 0:
     np.save(os.path.join(args.workdir, "final_w.npy"), np.asarray(jax.device_get(state.params["w"])))
