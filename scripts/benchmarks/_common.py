@@ -7,15 +7,20 @@ import time
 import numpy as np
 
 
-def median_time(fn, repeats):
-  """One warm-up call, then the median wall time of `repeats` calls (seconds)."""
+def timed_calls(fn, repeats):
+  """One warm-up call, then `repeats` timed calls -> (median wall time, every call's time), in seconds."""
   fn()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return float(np.median(times)), times
+
+
+def median_time(fn, repeats):
+  """One warm-up call, then the median wall time of `repeats` calls (seconds)."""
+  return timed_calls(fn, repeats)[0]
 
 
 def load_line():

@@ -33,6 +33,9 @@ import time
 import numpy as np
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(_ROOT, "scripts"))   # the children run this file directly
+from benchmarks._common import load_line, timed_calls  # noqa: E402
+
 LOMM_GIT = "/work/.mirror/Seung-Hun-Lee+LOMM/repo"
 MASK2FORMER_GIT = "/work/.mirror/facebookresearch+Mask2Former/repo"
 SWIN_L = dict(PRETRAIN_IMG_SIZE=384, PATCH_SIZE=4, EMBED_DIM=192, DEPTHS=[2, 2, 18, 2],
@@ -49,22 +52,8 @@ ADAPTER_ARGS = dict(pretrain_size=592, init_values=1e-6, conv_inplane=64, n_poin
                     interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]])
 
 
-def load_line():
-  return "load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def peak_rss_gib():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # Linux: KiB
-
-
-def median_time(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)), times
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -101,7 +90,7 @@ def run_jax(which, height, width, repeats, dtype, segmenter):
     planned = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
                - memory.alias_size_in_bytes) / 2 ** 30
     temp = memory.temp_size_in_bytes / 2 ** 30
-  seconds, times = median_time(lambda: jax.block_until_ready(compiled(params, images)), repeats)
+  seconds, times = timed_calls(lambda: jax.block_until_ready(compiled(params, images)), repeats)
   device = jax.devices()[0]
   return dict(seconds=seconds, times=times, compile_s=compile_s, planned_gib=planned,
               temp_gib=temp if memory is not None else None, peak_rss_gib=peak_rss_gib(),
@@ -144,7 +133,7 @@ def run_torch(which, height, width, repeats, threads, lomm_git, mask2former_git)
   def call():
     with torch.no_grad():
       forward(images)
-  seconds, times = median_time(call, repeats)
+  seconds, times = timed_calls(call, repeats)
   return dict(seconds=seconds, times=times, peak_rss_gib=peak_rss_gib(), params_m=num_params / 1e6,
               threads=torch.get_num_threads(), torch=torch.__version__, source=source)
 
