@@ -12,7 +12,8 @@ dead sequences released between chunks), and records per `track` call (one chunk
   created      the sequences it created;
   live_end     the sequences still live after it;
 and per video the sequences created in all (what num_slots must cover when the whole video is one call,
-`--chunk_size` >= frames). The maxima are printed and written to --out (JSON).
+`--chunk_size` >= frames). The maxima are printed and written to --out (JSON), with every video's calls
+(`per_video`).
 """
 
 import json
@@ -122,6 +123,7 @@ def main(argv):
     videos = measure(predictor, dataset, os.path.join(root, split, "JPEGImages"))
     report[name] = dict(summary(videos), frames=num_frames, seed=seed)
     print(f"{name}: {json.dumps(report[name])}")
+    report[name]["per_video"] = videos
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(report, f, indent=1)
