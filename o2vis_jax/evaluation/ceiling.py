@@ -21,16 +21,22 @@ from o2vis_jax.evaluation.ground_truth import GroundTruth, load_ground_truth
 from o2vis_jax.evaluation.results import instance_to_result, load_results
 
 
-def association_oracle(ground_truth: Union[dict, str, os.PathLike, GroundTruth],
-                       results: Union[list, str, os.PathLike], score_threshold: float = 0.0) -> list:
-  """-> a results list with one oracle track per non-crowd ground-truth track (see the module doc)."""
+def _loaded(ground_truth, results, score_threshold: float):
+  """-> (GroundTruth, {video id: [result Track scoring >= score_threshold]})."""
   if not (np.isfinite(score_threshold) and score_threshold >= 0.0):
     raise ValueError(f"score_threshold must be a finite number >= 0, got {score_threshold!r}")
   ground_truth = load_ground_truth(ground_truth)
-  predictions = [p for p in load_results(results, ground_truth) if p.score >= score_threshold]
   by_video = {}
-  for prediction in predictions:
-    by_video.setdefault(prediction.video_id, []).append(prediction)
+  for prediction in load_results(results, ground_truth):
+    if prediction.score >= score_threshold:
+      by_video.setdefault(prediction.video_id, []).append(prediction)
+  return ground_truth, by_video
+
+
+def association_oracle(ground_truth: Union[dict, str, os.PathLike, GroundTruth],
+                       results: Union[list, str, os.PathLike], score_threshold: float = 0.0) -> list:
+  """-> a results list with one oracle track per non-crowd ground-truth track (see the module doc)."""
+  ground_truth, by_video = _loaded(ground_truth, results, score_threshold)
   oracle = []
   for track in ground_truth.tracks:
     if track.iscrowd:
@@ -63,13 +69,7 @@ def best_track_frames(ground_truth: Union[dict, str, os.PathLike, GroundTruth],
   or empty ('missing'); the object absent (not yet entered, gone, fully occluded) and the track holding a
   mask anyway ('ghost') or none ('absent_empty'). -> {outcome: share of all object-frames}, the shares
   summing to 1 ({} when the ground truth has no track)."""
-  if not (np.isfinite(score_threshold) and score_threshold >= 0.0):
-    raise ValueError(f"score_threshold must be a finite number >= 0, got {score_threshold!r}")
-  ground_truth = load_ground_truth(ground_truth)
-  by_video = {}
-  for prediction in load_results(results, ground_truth):
-    if prediction.score >= score_threshold:
-      by_video.setdefault(prediction.video_id, []).append(prediction)
+  ground_truth, by_video = _loaded(ground_truth, results, score_threshold)
   counts = dict.fromkeys(FRAME_OUTCOMES, 0)
   for track in ground_truth.tracks:
     if track.iscrowd:
