@@ -103,6 +103,8 @@ def main(argv):
     gt, results = inputs["gt"], inputs["results"]
     if _CLASS_AGNOSTIC.value:
       gt, results = evaluation.class_agnostic(gt, results)
+    gt = evaluation.load_ground_truth(gt)   # read and validated once for every score below
+    results = evaluation.load_results(results, gt)
     metrics = evaluation.evaluate(gt, results)
     if _TRACKING.value:
       metrics.update(evaluation.tracking_metrics(gt, results, _TRACKING_THRESHOLD.value))

@@ -31,3 +31,14 @@ class FixedBatch:
 
   def set_state(self, state):
     del state
+
+
+def lighten_segmenter(config):
+  """The training tests' segmenter, lighter than the tiny default: ResNet-18, one pixel-decoder encoder
+  layer, two decoder layers (so two sets of auxiliary losses). A training step then compiles in about
+  half the time; what these tests check (the trainer's mechanics, the methods' losses and gradients) does
+  not depend on the segmenter's depth. -> `config`, changed in place."""
+  config.model.backbone.depth = 18
+  config.model.pixel_decoder.num_encoder_layers = 1
+  config.model.transformer_decoder.num_layers = 2
+  return config

@@ -124,3 +124,17 @@ def test_best_track_frames_ghost_partial_missing():
   # Above 0.85 only A remains; object 2's best is A (IoU 1/7): elsewhere, elsewhere, on, elsewhere.
   shares = ceiling.best_track_frames(gt, results, score_threshold=0.85)
   assert shares["elsewhere"] == 3 / 8 and shares["on_object"] == 4 / 8 and shares["ghost"] == 1 / 8
+
+
+def test_results_loaded_once_score_the_same():
+  # scripts/evaluate.py reads and validates a results file once (`load_results` -> LoadedResults) and hands
+  # the loaded tracks to every scorer: the same numbers as from the raw list; refused with another truth.
+  results = [_result([1, 1, 2, 2], category_id=1), _result(["left_of_2", None, 2, 2], score=0.5, category_id=2)]
+  gt = evaluation.load_ground_truth(_ground_truth())
+  loaded = evaluation.load_results(results, gt)
+  assert evaluation.load_results(loaded, gt) is loaded
+  assert evaluation.evaluate(gt, loaded) == evaluation.evaluate(_ground_truth(), results)
+  assert ceiling.association_oracle(gt, loaded) == ceiling.association_oracle(_ground_truth(), results)
+  assert ceiling.best_track_frames(gt, loaded) == ceiling.best_track_frames(_ground_truth(), results)
+  with pytest.raises(ValueError, match="another ground truth"):
+    evaluation.evaluate(evaluation.load_ground_truth(_ground_truth()), loaded)

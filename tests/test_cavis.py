@@ -7,12 +7,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from o2vis_jax import association, checkpoint_conversion as cc, config_validation, defaults, losses
-from o2vis_jax.association.cavis import loss as cavis_loss
+from o2vis_jax import association, checkpoint_conversion as cc, config_validation, defaults
 from o2vis_jax.association.cavis import step as cavis_step
 from o2vis_jax.checkpoint_conversion.errors import ConversionError
 from o2vis_jax.models import cavis as cavis_model

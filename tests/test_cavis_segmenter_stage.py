@@ -16,7 +16,7 @@ from o2vis_jax import association, config_validation, losses, tasks, train
 from o2vis_jax.association.cavis import segmenter_loss
 from o2vis_jax.association.cavis import step as cavis_step
 from o2vis_jax.checkpoint_conversion.io import load_converted
-from shared_inputs import FixedBatch
+from shared_inputs import FixedBatch, lighten_segmenter
 
 
 def _targets(present, masks):
@@ -76,7 +76,7 @@ def test_segmenter_variants_hold_the_authors_settings():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cavis_segmenter"))
-  config = cavis_tiny.get_config("segmenter")
+  config = lighten_segmenter(cavis_tiny.get_config("segmenter"))
   config.batch_size = 4   # one clip per forced host device (conftest: 4)
   config.train.clip_grad_norm = 1.0
   config.train.learning_rate = 1e-3

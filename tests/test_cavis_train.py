@@ -14,7 +14,7 @@ from configs import cavis_tiny
 from o2vis_jax import association, losses, tasks, train
 from o2vis_jax.association.cavis import loss as cavis_loss
 from o2vis_jax.association.cavis import segmenter_loss
-from shared_inputs import FixedBatch
+from shared_inputs import FixedBatch, lighten_segmenter
 
 
 def test_item_terms_hand_cases():
@@ -106,7 +106,7 @@ def test_prototype_loss_hand_case_and_one_instance_skip():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cavis_train"))
-  config = cavis_tiny.get_config()
+  config = lighten_segmenter(cavis_tiny.get_config())
   config.batch_size = 4   # one clip per forced host device (conftest: 4)
   config.train.clip_grad_norm = 1.0
   config.train.learning_rate = 1e-3

@@ -11,7 +11,7 @@ import pytest
 from configs import dvis_daq_tiny
 from o2vis_jax import association, tasks, train
 from o2vis_jax.association.dvis_daq import train_step
-from shared_inputs import FixedBatch
+from shared_inputs import FixedBatch, lighten_segmenter
 
 # Rows: 2 slot rows (0, 1) then 3 emergence rows (2, 3, 4); 3 GT.
 EMERGENCE = jnp.asarray([False, False, True, True, True])
@@ -51,7 +51,7 @@ def test_phases_follow_the_schedule():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("daq_train"))
-  config = dvis_daq_tiny.get_config()
+  config = lighten_segmenter(dvis_daq_tiny.get_config())
   config.batch_size = 4   # one clip per forced host device (conftest: 4)
   config.train.clip_grad_norm = 1.0
   config.train.learning_rate = 1e-3

@@ -11,12 +11,13 @@ from configs import cavis_tiny, synthetic_tiny_cavis
 from o2vis_jax import association, config_validation, losses, tasks
 from o2vis_jax.checkpoint_conversion import save_converted
 from o2vis_jax.models import init_segmenter_params
+from shared_inputs import lighten_segmenter
 
 
 @pytest.fixture(scope="module")
 def frozen_setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("freeze_segmenter")
-  config = cavis_tiny.get_config("segmenter")
+  config = lighten_segmenter(cavis_tiny.get_config("segmenter"))
   segmenter = jax.device_get(init_segmenter_params(config, jax.random.PRNGKey(11)))
   init = save_converted(str(root / "segmenter"), config, {"segmenter": segmenter})
   del init

@@ -4,7 +4,6 @@ re-implementation `reference_numpy_te`, its weight import, and the scan properti
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -11,7 +11,7 @@ import pytest
 
 from configs import tiny
 from o2vis_jax import tasks, train
-from shared_inputs import FixedBatch
+from shared_inputs import FixedBatch, lighten_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +80,11 @@ def _losses(workdir):
 @pytest.mark.parametrize("task_cls", [tasks.TrackingTask, tasks.SegmenterTask])
 def test_short_run_lowers_the_loss(setup, tmp_path, task_cls):
   config, data_workdir, batch = setup
-  config = config.copy_and_resolve_references()
+  config = lighten_segmenter(config.copy_and_resolve_references())
   config.num_train_steps = 6
   config.checkpoint_every_steps = 100
   config.train.warmup_steps = 0
+  config.train.early_training_fraction = 0.0   # one phase, one compiled step (phases: test_losses, test_te_only)
   task = _with_fixed_batch(task_cls, config, data_workdir, batch)
   train.train_and_evaluate(config, str(tmp_path), task, progress=False)
   losses = _losses(str(tmp_path))
@@ -94,7 +95,7 @@ def test_short_run_lowers_the_loss(setup, tmp_path, task_cls):
 def test_te_only_step_trains_only_the_E_terms(setup):
   """Table 3(a) row 6: one training step of the T_E-only model (early matching, _E losses only)."""
   config, workdir, batch = setup
-  config = config.copy_and_resolve_references()
+  config = lighten_segmenter(config.copy_and_resolve_references())
   config.association.method = "o2vis_te_only"
   task = tasks.TrackingTask(config, workdir)
   state, frozen, tx = train.initial_state(task, config)
@@ -114,9 +115,12 @@ def test_tracker_training_resumes_exactly_with_the_real_pipeline(setup, tmp_path
   """Killed after the step-2 checkpoint (while fetching batch 3), resumed: the losses of steps 3-4 equal
   those of a run that never stopped (params, optimiser, RNG and the grain iterator state restored)."""
   config, data_workdir, _ = setup
-  config = config.copy_and_resolve_references()
+  config = lighten_segmenter(config.copy_and_resolve_references())
   config.num_train_steps = 4
   config.checkpoint_every_steps = 2
+  # One phase and the device matcher (no host callback: conftest): the three runs share one compiled step.
+  config.train.early_training_fraction = 0.0
+  config.tracker.matcher = "device"
   full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
   train.train_and_evaluate(config, full_dir, tasks.TrackingTask(config, data_workdir), progress=False)
 

@@ -37,22 +37,26 @@ def association_oracle(ground_truth: Union[dict, str, os.PathLike, GroundTruth],
                        results: Union[list, str, os.PathLike], score_threshold: float = 0.0) -> list:
   """-> a results list with one oracle track per non-crowd ground-truth track (see the module doc)."""
   ground_truth, by_video = _loaded(ground_truth, results, score_threshold)
-  oracle = []
-  for track in ground_truth.tracks:
-    if track.iscrowd:
-      continue
-    candidates = by_video.get(track.video_id, [])
-    masks = []
-    for frame, gt_rle in enumerate(track.rles):
+  tracks = [track for track in ground_truth.tracks if not track.iscrowd]
+  masks = [[None] * len(track.rles) for track in tracks]
+  by_gt_video = {}
+  for index, track in enumerate(tracks):
+    by_gt_video.setdefault(track.video_id, []).append(index)
+  for video_id, indices in by_gt_video.items():
+    candidates = by_video.get(video_id, [])
+    for frame in range(ground_truth.videos[video_id].num_frames):
       present = [p.rles[frame] for p in candidates if p.rles[frame] is not None]
-      best = None
-      if gt_rle is not None and present:
-        ious = np.asarray(mask_utils.iou(present, [gt_rle], [0])).reshape(-1)
-        if ious.max() > 0:
-          best = present[int(np.argmax(ious))]
-      masks.append(best)
-    oracle.append(instance_to_result(track.video_id, track.category_id, 1.0, masks))
-  return oracle
+      objects = [i for i in indices if tracks[i].rles[frame] is not None]
+      if not present or not objects:
+        continue
+      # One pycocotools call per frame: (predicted masks, objects) IoUs.
+      ious = np.asarray(mask_utils.iou(present, [tracks[i].rles[frame] for i in objects],
+                                       [0] * len(objects))).reshape(len(present), len(objects))
+      for column, i in enumerate(objects):
+        if ious[:, column].max() > 0:
+          masks[i][frame] = present[int(np.argmax(ious[:, column]))]
+  return [instance_to_result(track.video_id, track.category_id, 1.0, track_masks)
+          for track, track_masks in zip(tracks, masks)]
 
 
 FRAME_OUTCOMES = ("on_object", "partial", "elsewhere", "missing", "ghost", "absent_empty")

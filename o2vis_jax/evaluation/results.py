@@ -140,8 +140,22 @@ def _load_result(entry, index: int, ground_truth: GroundTruth, where: str) -> Tr
                mean_area=mean_nonzero_area(areas.tolist()), score=float(score))
 
 
-def load_results(results: Union[list, str, os.PathLike], ground_truth: GroundTruth) -> list:
+class LoadedResults(list):
+  """What `load_results` returns: one Track per result, validated against `ground_truth`'s videos.
+  Given back to `load_results` (so to `evaluate`, `tracking_metrics`, the ceiling diagnostics) with the
+  same ground truth, it is used as it is: a results file is read and validated once per script."""
+
+  def __init__(self, tracks: Iterable[Track], ground_truth: GroundTruth):
+    super().__init__(tracks)
+    self.videos = ground_truth.videos
+
+
+def load_results(results: Union[list, str, os.PathLike], ground_truth: GroundTruth) -> LoadedResults:
   """Reads and validates results (a list, a JSON path or a server zip) -> list of Track."""
+  if isinstance(results, LoadedResults):
+    if results.videos is not ground_truth.videos:
+      raise ValueError("these results were loaded against another ground truth; load them again")
+    return results
   source = "<list>"
   if not isinstance(results, list):
     source = os.fspath(results)
@@ -149,4 +163,5 @@ def load_results(results: Union[list, str, os.PathLike], ground_truth: GroundTru
     if not isinstance(results, list):
       raise EvaluationInputError(f"results {source}: expected a JSON list of results")
   where = f"results {source}"
-  return [_load_result(entry, index, ground_truth, where) for index, entry in enumerate(results)]
+  return LoadedResults((_load_result(entry, index, ground_truth, where) for index, entry in enumerate(results)),
+                       ground_truth)
