@@ -1,6 +1,7 @@
-"""The README's main command in a reduced mode: scripts/demo.py --reduced with the shipped checkpoint
-(assets/synthetic_tiny) prints its table, and its numbers are what the evaluator gives on its results;
-the overlay's labels stay inside the frame and off each other."""
+"""The README's main command: scripts/demo.py with the shipped checkpoint (assets/synthetic_tiny) prints its
+table, its numbers are what the evaluator gives on its results and the README's figures; the overlay's
+labels stay inside the frame and off each other. One default run checks all of it: a `--reduced` run
+(3 videos of 12 frames, the same code path) would cost about as much, compiling the same programs."""
 
 import json
 import os
@@ -23,10 +24,18 @@ def _run_demo(workdir, *flags):
   return out
 
 
-def test_demo_reduced(tmp_path):
+def test_demo_default_run_table_outputs_and_figures_of_the_shipped_checkpoint(tmp_path):
+  """The README's main command as a new user runs it (one run: it is the suite's longest subprocess).
+
+  Its table, its demo_metrics.json keyed by registry names with the evaluators' numbers on the written
+  results files, quiet output and an overlay; and the README's figures for the shipped checkpoint on the
+  default held-out split (20 videos, seed 20000): O2VIS AP 27.9, AssA 53.8; no memory + Hungarian (Table
+  3(a) row 1) AP 18.2, AssA 48.6. Asserted with a margin that float reduction order cannot cross (a
+  changed checkpoint, generator or evaluator moves them by far more). On other splits the margins are
+  smaller (README "The synthetic demo")."""
   checkpoint = os.path.join(_REPO, "assets", "synthetic_tiny")
   assert os.path.isfile(os.path.join(checkpoint, "config.json")), "the shipped demo checkpoint is missing"
-  out = _run_demo(tmp_path, "--reduced")
+  out = _run_demo(tmp_path)
   lines = out.stdout.splitlines()
   header = next(i for i, line in enumerate(lines) if line.startswith("method"))
   assert lines[header].split()[1:] == ["AP", "AP50", "AP75", "AR1", "AR10", "HOTA", "AssA", "IDF1"]
@@ -40,6 +49,8 @@ def test_demo_reduced(tmp_path):
   assert set(list(metrics)[3:]) <= {"o2vis_offline"}
   # The printed and saved figures are the evaluators' on the written results files.
   gt = str(tmp_path / "data" / "valid.json")
+  with open(gt) as f:
+    assert len(json.load(f)["videos"]) == 20
   for label, name in (("O2VIS (IOM + OHM + T_E + T_A)", "o2vis"), ("no memory + Hungarian", "minvis")):
     results = str(tmp_path / f"results_{name}.json")
     again = evaluation.evaluate(gt, results)
@@ -56,22 +67,11 @@ def test_demo_reduced(tmp_path):
   overlays = [p for p in os.listdir(tmp_path) if p.startswith("overlay")]
   assert overlays and os.path.getsize(tmp_path / overlays[0]) > 0
 
-
-def test_demo_default_split_figures_of_the_shipped_checkpoint(tmp_path):
-  """The README's table for the shipped checkpoint on the demo's default held-out split (20 videos, seed
-  20000): O2VIS AP 27.9, AssA 53.8; no memory + Hungarian (Table 3(a) row 1) AP 18.2, AssA 48.6. Asserted
-  with a margin that float reduction order cannot cross (a changed checkpoint, generator or evaluator
-  moves them by far more). On other splits the margins are smaller (README "The synthetic demo")."""
-  _run_demo(tmp_path)
-  with open(tmp_path / "demo_metrics.json") as f:
-    metrics = json.load(f)
   o2vis, no_memory = metrics["o2vis"], metrics["minvis"]
   assert o2vis["AP"] == pytest.approx(0.279, abs=0.01), o2vis
   assert no_memory["AP"] == pytest.approx(0.182, abs=0.01), no_memory
   assert o2vis["AssA"] == pytest.approx(0.538, abs=0.01) and no_memory["AssA"] == pytest.approx(0.486, abs=0.01)
   assert o2vis["AP"] > no_memory["AP"] + 0.05 and o2vis["AssA"] > no_memory["AssA"] + 0.04
-  with open(tmp_path / "data" / "valid.json") as f:
-    assert len(json.load(f)["videos"]) == 20
 
 
 def test_overlay_labels_inside_the_frame_and_apart():

@@ -84,7 +84,10 @@ def test_short_run_lowers_the_loss(setup, tmp_path, task_cls):
   config.num_train_steps = 6
   config.checkpoint_every_steps = 100
   config.train.warmup_steps = 0
-  config.train.early_training_fraction = 0.0   # one phase, one compiled step (phases: test_losses, test_te_only)
+  # One phase and the device matcher: the same compiled step as the resume test's (a persistent-cache
+  # hit for whichever runs second; phases: test_losses, test_te_only).
+  config.train.early_training_fraction = 0.0
+  config.tracker.matcher = "device"
   task = _with_fixed_batch(task_cls, config, data_workdir, batch)
   train.train_and_evaluate(config, str(tmp_path), task, progress=False)
   losses = _losses(str(tmp_path))
@@ -118,9 +121,11 @@ def test_tracker_training_resumes_exactly_with_the_real_pipeline(setup, tmp_path
   config = lighten_segmenter(config.copy_and_resolve_references())
   config.num_train_steps = 4
   config.checkpoint_every_steps = 2
-  # One phase and the device matcher (no host callback: conftest): the three runs share one compiled step.
+  # One phase and the device matcher (no host callback: conftest): the three runs share one compiled step,
+  # the short run's (the same settings, warm-up included).
   config.train.early_training_fraction = 0.0
   config.tracker.matcher = "device"
+  config.train.warmup_steps = 0
   full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
   train.train_and_evaluate(config, full_dir, tasks.TrackingTask(config, data_workdir), progress=False)
 
