@@ -15,7 +15,9 @@ segmentation + tracking without classification; o2vis_jax/evaluation/class_agnos
 categories and ranking; o2vis_jax/evaluation/ceiling.py): its AP minus the results' AP is what association
 loses, 1 minus it what per-frame segmentation loses; and where the results lose it: along each object's best
 track, the share of object-frames on the object (IoU >= 0.5), partial, elsewhere, missing, ghost (a mask while
-the object is absent) and absent_empty.
+the object is absent) and absent_empty. `--error_oracles` scores the results with one kind of error removed
+(o2vis_jax/evaluation/oracles.py): perfect ranking (scores = tube IoU with the best object of the category),
+no ghosts (masks dropped where the track's object is absent), and both.
 """
 
 import json
@@ -53,6 +55,11 @@ _CEILING = flags.DEFINE_bool(
     "as a second line, and as ceiling_AP, ceiling_AP50, ceiling_AP75, ceiling_AR10 in --json_out; with, "
     "along each object's best track, the share of object-frames per outcome (frames_on_object, frames_partial, "
     "frames_elsewhere, frames_missing, frames_ghost, frames_absent_empty).")
+_ORACLES = flags.DEFINE_bool(
+    "error_oracles", False, "Also score the results with one kind of error removed: 'perfect_ranking' "
+    "(each score replaced by the track's best tube IoU with an object of its category), 'no_ghosts' (masks "
+    "dropped at frames where the track's best-matching object is absent) and both. Printed as one line each, "
+    "and as <oracle>_AP, _AP50, _AP75, _AR10 in --json_out.")
 _ZIP = flags.DEFINE_string(
     "zip", None, "Write the results as a server submission archive (results.json at its root) "
     "to this path.")
@@ -113,6 +120,10 @@ def main(argv):
       metrics.update({f"ceiling_{name}": ceiling[name] for name in CEILING_METRIC_NAMES})
       metrics.update({f"frames_{name}": share
                       for name, share in evaluation.best_track_frames(gt, results).items()})
+    if _ORACLES.value:
+      for name, rewritten in evaluation.error_oracles(gt, results).items():
+        scored = evaluation.evaluate(gt, rewritten)
+        metrics.update({f"{name}_{metric}": scored[metric] for metric in CEILING_METRIC_NAMES})
   results = evaluation.read_results_file(inputs["results"]) if "zip" in outputs else None
   if metrics is not None:
     print(format_table(metrics))
@@ -122,6 +133,10 @@ def main(argv):
       print("each object's best track, share of object-frames: " + ", ".join(
           f"{name} {100 * metrics['frames_' + name]:.1f}%" for name in evaluation.FRAME_OUTCOMES
           if "frames_" + name in metrics))
+    for name in evaluation.ORACLES:
+      if f"{name}_AP" in metrics:
+        print(f"oracle {name}: " + ", ".join(
+            f"{metric} {100 * metrics[f'{name}_{metric}']:.1f}" for metric in CEILING_METRIC_NAMES))
     per_category = metrics["per_category_AP"]
     print("per-category AP: " + ", ".join(
         f"{name} {'-' if ap == -1 else f'{100 * ap:.1f}'}" for name, ap in per_category.items()))

@@ -1,6 +1,7 @@
-"""The association ceiling and the best-track frame outcomes (o2vis_jax/evaluation/ceiling.py) on hand-made
-cases: an identity swap that perfect association undoes, a partial mask whose tube IoU is worked out, a ghost
-mask while the object is hidden, the score threshold, crowd tracks, and scripts/evaluate.py's flag."""
+"""The association ceiling and the best-track frame outcomes (o2vis_jax/evaluation/ceiling.py) and the error
+oracles (o2vis_jax/evaluation/oracles.py) on hand-made cases: an identity swap that perfect association undoes,
+a partial mask whose tube IoU is worked out, a ghost mask while the object is hidden, the score threshold,
+crowd tracks, what each oracle rewrites and the AP it then scores, and scripts/evaluate.py's flags."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from o2vis_jax import evaluation
-from o2vis_jax.evaluation import ceiling
+from o2vis_jax.evaluation import ceiling, oracles
 from o2vis_jax.evaluation.results import encode_masks
 from o2vis_jax.evaluation.rle import decode_mask
 
@@ -19,7 +20,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, FRAMES = 16, 4
 # Two objects at fixed places (5 x 5 = 25 px each), visible in every frame, of categories 1 and 2;
 # "left_of_2" is object 2's two left columns (5 x 2 = 10 px).
-BOXES = {1: (1, 1, 6, 6), 2: (9, 9, 14, 14), "left_of_2": (9, 9, 11, 14)}
+# "corner" (3 x 4 px) touches neither object.
+BOXES = {1: (1, 1, 6, 6), 2: (9, 9, 14, 14), "left_of_2": (9, 9, 11, 14), "corner": (0, 12, 3, 16)}
 
 
 def _mask(key):
@@ -138,3 +140,65 @@ def test_results_loaded_once_score_the_same():
   assert ceiling.best_track_frames(gt, loaded) == ceiling.best_track_frames(_ground_truth(), results)
   with pytest.raises(ValueError, match="another ground truth"):
     evaluation.evaluate(evaluation.load_ground_truth(_ground_truth()), loaded)
+
+
+def _oracle_case():
+  """Object 1 (category 1) hidden at frame 2; object 2 (category 2) always visible. Results:
+  A: object 1 with object 2's mask at frame 2 (a ghost), category 1, score 0.3: tube IoU 75 / 100 with object 1;
+  B: object 2, but category 1, score 0.9: IoU 0 with the only category-1 object (a confident wrong class);
+  C: object 2, category 2, score 0.1: IoU 1; E: 'corner' at frames 0 and 2, category 2, score 0.5: IoU 0."""
+  gt = _ground_truth()
+  gt["annotations"][0]["segmentations"] = _segmentations([1, 1, None, 1])
+  gt["annotations"][0]["areas"] = [25.0, 25.0, None, 25.0]
+  results = [_result([1, 1, 2, 1], score=0.3), _result([2, 2, 2, 2], score=0.9),
+             _result([2, 2, 2, 2], score=0.1, category_id=2),
+             _result(["corner", None, "corner", None], score=0.5, category_id=2)]
+  return gt, results
+
+
+def test_error_oracles_rewrite_and_score():
+  gt_json, results = _oracle_case()
+  gt = evaluation.load_ground_truth(gt_json)
+  rewritten = evaluation.error_oracles(gt, results)
+  assert tuple(rewritten) == oracles.ORACLES
+  original = evaluation.load_results(results, gt)
+  # perfect ranking: scores = tube IoU with the best object of the result's own category; masks untouched.
+  ranked = rewritten["perfect_ranking"]
+  assert [t.score for t in ranked] == [0.75, 0.0, 1.0, 0.0]
+  assert all(r.rles == o.rles for r, o in zip(ranked, original))
+  # no ghosts: A loses frame 2 (object 1 absent there), area 0 there; B, C (object 2 always visible) and E
+  # (touches no object) are kept as they are; scores untouched.
+  no_ghosts = rewritten["no_ghosts"]
+  assert no_ghosts[0].rles[2] is None and no_ghosts[0].rles[:2] == original[0].rles[:2]
+  assert no_ghosts[0].frame_areas.tolist() == [25, 25, 0, 25] and no_ghosts[0].mean_area == 25.0
+  assert all(no_ghosts[i].rles == original[i].rles for i in (1, 2, 3))
+  assert all(np.array_equal(no_ghosts[i].frame_areas, original[i].frame_areas) for i in (1, 2, 3))
+  assert [t.score for t in no_ghosts] == [0.3, 0.9, 0.1, 0.5]
+  # both: A's IoU is now 1.
+  assert [t.score for t in rewritten["no_ghosts_perfect_ranking"]] == [1.0, 0.0, 1.0, 0.0]
+  # AP, hand-computed (10 IoU thresholds 0.5:0.95, COCO's interpolated precision):
+  # as predicted: category 1: B (FP) before A (IoU 0.75: a TP at 6 of 10 thresholds): 0.6 * 0.5; category 2:
+  # E (FP) before C: 0.5. Perfect ranking: A first (0.6), C first (1). No ghosts: A's IoU 1 behind B (0.5),
+  # category 2 unchanged (0.5). Both: 1 and 1.
+  expected = {"as predicted": (0.3 + 0.5) / 2, "perfect_ranking": (0.6 + 1.0) / 2,
+              "no_ghosts": (0.5 + 0.5) / 2, "no_ghosts_perfect_ranking": 1.0}
+  scored = {"as predicted": evaluation.evaluate(gt, original)["AP"]}
+  scored.update({name: evaluation.evaluate(gt, tracks)["AP"] for name, tracks in rewritten.items()})
+  assert scored == pytest.approx(expected, abs=1e-12)
+
+
+def test_evaluate_cli_error_oracles(tmp_path):
+  gt_json, results = _oracle_case()
+  gt_path, results_path, out_path = tmp_path / "gt.json", tmp_path / "results.json", tmp_path / "m.json"
+  gt_path.write_text(json.dumps(gt_json))
+  results_path.write_text(json.dumps(results))
+  out = subprocess.run([sys.executable, os.path.join(_REPO, "scripts", "evaluate.py"), "--gt", str(gt_path),
+                        "--results", str(results_path), "--error_oracles", "--json_out", str(out_path)],
+                       capture_output=True, text=True, timeout=300, cwd=_REPO)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  metrics = json.loads(out_path.read_text())
+  assert metrics["AP"] == pytest.approx(0.4, abs=1e-12)
+  assert metrics["perfect_ranking_AP"] == pytest.approx(0.8, abs=1e-12)
+  assert metrics["no_ghosts_AP"] == pytest.approx(0.5, abs=1e-12)
+  assert metrics["no_ghosts_perfect_ranking_AP"] == pytest.approx(1.0, abs=1e-12)
+  assert "oracle no_ghosts: AP 50.0" in out.stdout
