@@ -152,10 +152,10 @@ def _tuples(value):
   return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def _take_shipped_model(config) -> None:
-  """The refiner trains on the frozen shipped model: the architecture and the synthetic data are those of
-  the shipped checkpoint's config.json (whichever recipe produced it), not this file's."""
-  with open(os.path.join(SHIPPED_CHECKPOINT, "config.json")) as f:
+def _take_shipped_model(config, checkpoint: str = SHIPPED_CHECKPOINT) -> None:
+  """The refiner trains on a frozen online model (the shipped one by default): the architecture and the
+  synthetic data are those of that checkpoint's config.json (whichever recipe produced it), not this file's."""
+  with open(os.path.join(checkpoint, "config.json")) as f:
     shipped = json.load(f)
   config.model = ml_collections.ConfigDict(json.loads(json.dumps(shipped["model"])), type_safe=False)
   for section, keys in (("data", ("min_size_train", "max_size_train", "pad_buckets", "synthetic_size",
@@ -164,3 +164,12 @@ def _take_shipped_model(config) -> None:
     for key in keys:
       if key in shipped[section]:
         config[section][key] = _tuples(shipped[section][key])
+
+
+def refiner_config(online_checkpoint: str):
+  """The 'refiner' variant on another frozen online model: `online_checkpoint` is the export of a run of
+  this file (e.g. `scripts/demo.py --train`'s), read as `init_checkpoint` with its architecture."""
+  config = get_config("refiner")
+  config.init_checkpoint = online_checkpoint
+  _take_shipped_model(config, online_checkpoint)
+  return config

@@ -4,6 +4,7 @@ default assets/synthetic_tiny_NAME), checked before any data is generated. Tiny 
 traced, nothing compiled): seconds."""
 
 import functools
+import json
 import importlib
 import os
 import sys
@@ -125,3 +126,38 @@ def test_a_missing_or_wrong_method_checkpoint_is_one_line(main_checkpoint, tmp_p
   other_data = _checkpoint(tmp_path / "other_data", "cavis", synthetic_size=main_config.data.synthetic_size + 32)
   with pytest.raises(cli.InputError, match=r"--methods cavis: .* was trained for data.synthetic_size="):
     load("cavis", other_data)
+
+
+def test_train_runs_the_shipped_recipe(tmp_path):
+  """`--train` trains what the shipped checkpoint holds: configs/synthetic_tiny.py (segmenter, then trackers)
+  in WORKDIR/train, then its 'refiner' variant on that export, on the same generated data, and evaluates the
+  refiner's export (every row). The training itself is replaced by a recorder: the wiring, in milliseconds."""
+  from configs import synthetic_tiny
+  online = tmp_path / "train" / "export"
+  online.mkdir(parents=True)
+  with open(os.path.join(synthetic_tiny.SHIPPED_CHECKPOINT, "config.json")) as f:
+    online_config = json.load(f)
+  online_config["model"]["hidden_dim"] = 32   # the refiner takes the architecture of the model it refines
+  (online / "config.json").write_text(json.dumps(online_config))
+  calls = []
+
+  class Train:
+    @staticmethod
+    def run_training(config, workdir, progress=True):
+      calls.append((config, workdir))
+      return str(online) if len(calls) == 1 else os.path.join(workdir, "export")
+
+  class Tasks:
+    @staticmethod
+    def resolve_data_dir(config, workdir):
+      assert workdir == str(tmp_path / "train") and config.train.task == "segmenter+tracker"
+      return "/built/synthetic"
+
+  result = demo.train_demo_model(synthetic_tiny, Train, Tasks, str(tmp_path / "train"), progress=False)
+  (first, first_dir), (second, second_dir) = calls
+  assert first.train.task == "segmenter+tracker" and first_dir == str(tmp_path / "train")
+  assert first.to_dict() == synthetic_tiny.get_config().to_dict()
+  assert second.train.task == "refiner" and second_dir == str(tmp_path / "train" / "refiner")
+  assert second.init_checkpoint == str(online) and second.data.data_dir == "/built/synthetic"
+  assert second.model.hidden_dim == 32 and second.num_train_steps == synthetic_tiny.get_config("refiner").num_train_steps
+  assert result == str(tmp_path / "train" / "refiner" / "export")
