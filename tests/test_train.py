@@ -299,9 +299,13 @@ def test_run_training_stops_before_the_next_stage_and_export(tmp_path, monkeypat
   def fake_train_and_evaluate(config, workdir, task, progress=True):
     del task, progress
     calls.append((config.train.task, workdir))
-    with train._stop_signals():   # what the real one does: it shares run_training's handler.
+    with train._stop_signals() as stop:   # what the real one does: it shares run_training's handler.
       os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(0.1)   # Python runs the handler at its next check, within this sleep.
+      # Python runs the handler in the main thread at its next check; on a loaded machine that can take
+      # longer than a fixed sleep, so wait for it (bounded).
+      deadline = time.monotonic() + 60
+      while stop.received is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return train.TrainState(step=jnp.asarray(config.num_train_steps), params={}, opt_state=None,
                             rng=None)
 
