@@ -1,8 +1,17 @@
-"""Test-wide JAX settings: 4 forced host devices for the multi-device tests, and JAX's persistent
-compilation cache in a temp dir so repeated runs (and xdist workers) reuse compiled programs."""
+"""Test-wide settings: 4 forced host devices for the multi-device tests, JAX's persistent compilation cache
+in a temp dir so repeated runs (and xdist workers) reuse compiled programs, and a Ctrl-C handler."""
 
 import os
+import signal
 import tempfile
+
+# The suite tests Ctrl-C / SIGTERM handling (tests/test_train.py), in this process and in the training
+# processes it starts. A shell starts a background job (`pytest ... &`, `nohup ... &`) with SIGINT ignored,
+# and an ignored signal stays ignored in every child, where the trainer then keeps it so (on purpose: it
+# respects `nohup`). Give the suite Python's usual Ctrl-C handler, so that those tests test the trainer,
+# not the way the suite was launched; the children then start with the default action.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Must happen before jax is imported anywhere.
 # The suite is dominated by XLA compilation of tiny programs, not by running them: LLVM's optimisation
