@@ -4,8 +4,8 @@ default assets/synthetic_tiny_NAME), checked before any data is generated. Tiny 
 traced, nothing compiled): seconds."""
 
 import functools
-import json
 import importlib
+import json
 import os
 import sys
 

@@ -41,11 +41,17 @@ def _by_video(tracks) -> dict:
   return grouped
 
 
-def _without_ghosts(predictions: list, objects: list) -> list:
-  """Each prediction's masks dropped where its best-tube-IoU object of `objects` is absent."""
+def _tube_ious(predictions: list, objects: list) -> np.ndarray:
+  if not predictions or not objects:
+    return np.zeros((len(predictions), len(objects)))
+  return tube_iou.tube_ious(predictions, objects)
+
+
+def _without_ghosts(predictions: list, objects: list, ious: np.ndarray) -> list:
+  """Each prediction's masks dropped where its best-tube-IoU object of `objects` is absent (`ious`: their
+  tube IoUs, [len(predictions), len(objects)])."""
   if not predictions or not objects:
     return list(predictions)
-  ious = tube_iou.tube_ious(predictions, objects)
   rewritten = []
   for row, prediction in enumerate(predictions):
     if ious[row].max() <= 0:
@@ -61,11 +67,8 @@ def _without_ghosts(predictions: list, objects: list) -> list:
   return rewritten
 
 
-def _ranked_by_fit(predictions: list, objects: list) -> list:
-  """Each prediction's score replaced by its best tube IoU with an object of its own category."""
-  if not predictions:
-    return []
-  ious = tube_iou.tube_ious(predictions, objects) if objects else np.zeros((len(predictions), 0))
+def _ranked_by_fit(predictions: list, objects: list, ious: np.ndarray) -> list:
+  """Each prediction's score replaced by its best tube IoU (`ious`) with an object of its own category."""
   rewritten = []
   for row, prediction in enumerate(predictions):
     same = [column for column, obj in enumerate(objects) if obj.category_id == prediction.category_id]
@@ -86,10 +89,12 @@ def error_oracles(ground_truth: Union[dict, str, os.PathLike, GroundTruth],
   for video_id, rows in _by_video(predictions).items():
     video_objects = [objects[i] for i in objects_by_video.get(video_id, [])]
     video_predictions = [predictions[i] for i in rows]
-    no_ghosts = _without_ghosts(video_predictions, video_objects)
-    variants = {"perfect_ranking": _ranked_by_fit(video_predictions, video_objects),
+    ious = _tube_ious(video_predictions, video_objects)   # once for both oracles on the masks as predicted
+    no_ghosts = _without_ghosts(video_predictions, video_objects, ious)
+    variants = {"perfect_ranking": _ranked_by_fit(video_predictions, video_objects, ious),
                 "no_ghosts": no_ghosts,
-                "no_ghosts_perfect_ranking": _ranked_by_fit(no_ghosts, video_objects)}
+                "no_ghosts_perfect_ranking": _ranked_by_fit(no_ghosts, video_objects,
+                                                            _tube_ious(no_ghosts, video_objects))}
     for name, tracks in variants.items():
       for row, track in zip(rows, tracks):
         rewritten[name][row] = track
